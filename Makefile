@@ -1,0 +1,47 @@
+# DreamerV2-TF2. `make test` is the test command CI runs (.ci/run).
+#
+#   make venv        .venv with requirements.txt (again only when it changes)
+#   make train       Pong with the atari config; LOGDIR=... to choose the run
+#   make test        the fast tests (pytest.ini skips the `slow` marker)
+#   make test-slow   the long checks (learning curves, long runs)
+#   make extras      dm_control, MuJoCo, Crafter and MiniGrid on top of venv
+
+PYTHON ?= python3
+VENV := .venv
+LOGDIR ?= $(HOME)/logdir/atari_pong/dreamerv2/1
+
+.PHONY: venv extras train test test-slow
+
+venv: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is newer than requirements.txt once they are installed.
+$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -r requirements.txt
+	touch $@
+
+extras: $(VENV)/.installed-extras
+
+$(VENV)/.installed-extras: requirements-extras.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -r requirements-extras.txt
+	touch $@
+
+train: venv
+	$(VENV)/bin/python dreamerv2/train.py --logdir $(LOGDIR) --configs defaults atari --task atari_pong
+
+# pytest exits 5 when it collects no tests: that is a failure, not a pass.
+define pytest
+	$(VENV)/bin/python -m pytest -q $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then \
+	  echo "error: pytest collected no tests (exit 5); check tests/ and pytest.ini" >&2; \
+	fi; \
+	exit $$status
+endef
+
+test: venv
+	@$(call pytest,)
+
+test-slow: venv
+	@$(call pytest,-m slow)

@@ -1,0 +1,103 @@
+"""Agent steps per second of an env with random actions; one JSON line.
+
+  .venv/bin/python bench/env_speed.py --task atari_pong --steps 5000
+  .venv/bin/python bench/env_speed.py --envs 2 --parallel process
+
+`env_steps_per_second` steps the env(s) in a bare loop; `driver_steps_per_second`
+runs the same through the Driver with a random policy (stacking, callbacks and
+episode assembly included). Frames per second = agent steps x action repeat.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from common import driver as driver_lib  # noqa: E402
+from common import envs  # noqa: E402
+
+
+def random_actions(space, count, rng):
+  """[count, A] actions: one-hot for discrete spaces, uniform otherwise."""
+  if getattr(space, 'discrete', False):
+    return np.eye(space.shape[0], dtype=np.float32)[rng.integers(0, space.shape[0], count)]
+  return rng.uniform(space.low, space.high, (count,) + space.shape).astype(np.float32)
+
+
+def bare_loop(env_list, steps, rng):
+  """Step all envs together (non-blocking) until `steps` agent steps."""
+  space = env_list[0].act_space['action']
+  for env in env_list:
+    env.reset()
+  done, episodes = 0, 0
+  start = time.perf_counter()
+  while done < steps:
+    actions = random_actions(space, len(env_list), rng)
+    promises = [env.step({'action': a}, blocking=False) for env, a in zip(env_list, actions)]
+    for env, promise in zip(env_list, promises):
+      if promise()['is_last']:
+        env.reset()
+        episodes += 1
+    done += len(env_list)
+  return done, time.perf_counter() - start, episodes
+
+
+def driver_loop(env_list, steps, rng):
+  driver = driver_lib.Driver(env_list)
+  space = env_list[0].act_space['action']
+  episodes = []
+  driver.on_episode(lambda ep, worker: episodes.append(len(ep['reward']) - 1))
+
+  def policy(obs, state):
+    return {'action': random_actions(space, len(obs['is_first']), rng)}, state
+
+  start = time.perf_counter()
+  driver(policy, steps=steps)
+  return steps, time.perf_counter() - start, len(episodes)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--task', default='atari_pong')
+  parser.add_argument('--steps', type=int, default=5000)
+  parser.add_argument('--envs', type=int, default=1)
+  parser.add_argument('--parallel', default='none', choices=['none', 'thread', 'process'])
+  parser.add_argument('--action_repeat', type=int, default=None,
+                      help='default: 4 for atari, 2 for dmc, 1 otherwise')
+  parser.add_argument('--time_limit', type=int, default=27000)
+  args = parser.parse_args()
+  try:
+    envs.check_task(args.task)
+  except (envs.UnknownTask, envs.MissingPackage) as error:
+    parser.exit(2, f'error: {error}\n')
+  repeat = args.action_repeat or {'atari': 4, 'dmc': 2}.get(args.task.split('_')[0], 1)
+  ctor = functools.partial(
+      envs.make, args.task, action_repeat=repeat, time_limit=args.time_limit)
+  env_list = [
+      envs.Parallel(functools.partial(ctor, seed=i), args.parallel)
+      for i in range(args.envs)]
+  rng = np.random.default_rng(0)
+  bare = bare_loop(env_list, args.steps, rng)
+  driven = driver_loop(env_list, args.steps, rng)
+  for env in env_list:
+    env.close()
+  print(json.dumps({
+      'task': args.task,
+      'envs': args.envs,
+      'parallel': args.parallel,
+      'action_repeat': repeat,
+      'steps': args.steps,
+      'env_steps_per_second': round(bare[0] / bare[1], 1),
+      'env_frames_per_second': round(bare[0] * repeat / bare[1], 1),
+      'driver_steps_per_second': round(driven[0] / driven[1], 1),
+      'episodes': bare[2] + driven[2],
+  }))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,565 @@
+"""Learning curves and normalised scores from runs and published score files.
+
+  python3 common/plot.py --indir ~/logdir --outdir ~/plots --bins 1e6
+  python3 common/plot.py --indir ~/logdir --outdir ~/plots \
+      --baselines scores/atari-dreamerv2.json --stats
+  python3 common/plot.py --baselines scores/atari-dreamerv2.json \
+      --tasks atari_pong --outdir /tmp/p
+
+A run is read from .../<task>/<method>/<seed>/metrics.jsonl. Every curve, read
+or written, is {task, method, seed, xs, ys}: the format of the published score
+files in scores/. Writes <name>.png, <name>.pdf and <name>.json (every curve
+drawn, binned) into --outdir, and <name>_stats.json with --stats.
+
+Binning: --bins b cuts the x axis into intervals (x - b, x] at multiples x of b.
+A binned curve has one point per non-empty interval: the mean of the run's
+values in it, placed at the interval's upper edge x. The published files are
+binned this way (xs 1e6, 2e6, ... for b = 1e6), so binning them again with the
+same b leaves them unchanged.
+
+Runs as a script from the repository root: it imports nothing from this
+project and never TensorFlow.
+"""
+
+import argparse
+import collections
+import json
+import math
+import pathlib
+import re
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CURVE_KEYS = ('task', 'method', 'seed', 'xs', 'ys')
+REFERENCE_KEYS = ('random', 'human_gamer', 'human_record')
+STATS = ('gamer_median', 'gamer_mean', 'record_mean', 'clipped_record_mean')
+COLORS = (
+    '#377eb8', '#e41a1c', '#4daf4a', '#984ea3', '#ff7f00', '#a65628',
+    '#f781bf', '#17becf', '#999999', '#bcbd22', '#1b2a6b', '#7f0000')
+
+
+class PlotError(Exception):
+  """Bad input: reported as one line, without a traceback."""
+
+
+def warn(message):
+  print(f'plot.py: warning: {message}', file=sys.stderr)
+
+
+# Reading ---------------------------------------------------------------------
+
+def find_metrics(indirs):
+  """Every metrics.jsonl under each directory, each file once."""
+  filenames = {}
+  for indir in indirs:
+    indir = pathlib.Path(indir).expanduser()
+    if not indir.is_dir():
+      raise PlotError(f'--indir {indir} is not a directory.')
+    found = sorted(indir.rglob('metrics.jsonl'))
+    if not found:
+      raise PlotError(
+          f'No metrics.jsonl under {indir} (runs are read from '
+          '<task>/<method>/<seed>/metrics.jsonl).')
+    for filename in found:
+      filenames.setdefault(filename.resolve(), filename)
+  return list(filenames.values())
+
+
+def run_name(filename):
+  """(task, method, seed) from .../<task>/<method>/<seed>/metrics.jsonl."""
+  seed_dir = pathlib.Path(filename).absolute().parent
+  return seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name
+
+
+def read_metrics(filename, xkey, ypattern):
+  """{ykey: (xs, ys)} for each key matching ypattern, and every key seen.
+
+  Only lines holding both x and y count; unreadable lines are skipped with a
+  warning naming the file and line.
+  """
+  series = collections.defaultdict(lambda: ([], []))
+  matches = {}  # key -> whether it matches ypattern; also every key seen.
+  with open(filename, errors='replace') as lines:
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+          raise ValueError(line)
+      except ValueError:
+        warn(f'skipping unreadable line {number} of {filename}')
+        continue
+      x = record.get(xkey)
+      has_x = is_number(x)
+      for key, y in record.items():
+        match = matches.get(key)
+        if match is None:
+          match = matches[key] = key != xkey and bool(ypattern.fullmatch(key))
+        if match and has_x and is_number(y):
+          series[key][0].append(x)
+          series[key][1].append(y)
+  return dict(series), set(matches)
+
+
+def is_number(value):
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def load_runs(indirs, xkey, yaxis, tasks=None, methods=None):
+  """Curves of every run under the directories, not binned yet.
+
+  When yaxis matches several keys, each key is its own curve, labelled
+  '<method> <key>'.
+  """
+  ypattern = re.compile(yaxis)
+  runs, keys_seen, chosen = [], set(), 0
+  for filename in find_metrics(indirs):
+    task, method, seed = run_name(filename)
+    if not selected(task, tasks) or not selected(method, methods):
+      continue
+    chosen += 1
+    try:
+      series, keys = read_metrics(filename, xkey, ypattern)
+    except OSError as error:
+      warn(f'skipping unreadable file {filename}: {error.strerror}')
+      continue
+    keys_seen |= keys
+    for ykey, (xs, ys) in series.items():
+      runs.append(dict(task=task, method=method, seed=seed, ykey=ykey,
+                       xs=np.array(xs, float), ys=np.array(ys, float)))
+  if not chosen:
+    raise PlotError('No runs left after --tasks / --methods.')
+  if not runs and keys_seen:
+    shown = ', '.join(sorted(keys_seen)[:20])
+    raise PlotError(
+        f"No run has values for --yaxis '{yaxis}' against --xaxis '{xkey}' "
+        f'(keys in the runs: {shown}).')
+  if not runs:
+    raise PlotError('The metrics files hold no readable lines.')
+  if len({run['ykey'] for run in runs}) > 1:
+    for run in runs:
+      run['method'] = f"{run['method']} {run['ykey']}"
+  for run in runs:
+    del run['ykey']
+  return runs
+
+
+def load_scores(filename):
+  """Curves from a published score file: a list of {task, method, seed, xs, ys}."""
+  try:
+    curves = json.loads(pathlib.Path(filename).expanduser().read_text())
+  except OSError as error:
+    raise PlotError(f'Cannot read {filename}: {error.strerror}.')
+  except ValueError:
+    raise PlotError(f'{filename} is not a JSON file.')
+  message = (f'{filename} is not a score file: expected a list of '
+             '{task, method, seed, xs, ys} with numbers in xs and ys.')
+  if not isinstance(curves, list):
+    raise PlotError(message)
+  loaded = []
+  for curve in curves:
+    try:
+      xs, ys = np.array(curve['xs'], float), np.array(curve['ys'], float)
+      if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(xs.shape, ys.shape)
+      keep = np.isfinite(xs) & np.isfinite(ys)
+      loaded.append(dict(
+          task=str(curve['task']), method=str(curve['method']),
+          seed=str(curve['seed']), xs=xs[keep], ys=ys[keep]))
+    except (KeyError, TypeError, ValueError):
+      raise PlotError(message)
+  return loaded
+
+
+def load_reference(filename):
+  """Per task {random, human_gamer, human_record}, as in scores/baselines.json."""
+  try:
+    reference = json.loads(pathlib.Path(filename).expanduser().read_text())
+  except OSError as error:
+    raise PlotError(f'Cannot read --stats_baselines {filename}: '
+                    f'{error.strerror}.')
+  except ValueError:
+    raise PlotError(f'--stats_baselines {filename} is not a JSON file.')
+  if not isinstance(reference, dict):
+    raise PlotError(f'--stats_baselines {filename} should map tasks to '
+                    'scores, like scores/baselines.json.')
+  return {task: scores for task, scores in reference.items()
+          if isinstance(scores, dict)
+          and all(is_number(scores.get(k)) for k in REFERENCE_KEYS)}
+
+
+def selected(name, patterns):
+  return not patterns or any(re.fullmatch(p, name) for p in patterns)
+
+
+# Curves ----------------------------------------------------------------------
+
+def bin_curve(xs, ys, bins):
+  """Mean of ys per interval (x - bins, x], at the upper edges x (see top).
+
+  Without bins (None or 0) the points are only sorted by x.
+  """
+  xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+  if not bins:
+    order = np.argsort(xs, kind='stable')
+    return xs[order], ys[order]
+  # The tolerance keeps a point exactly on an edge (x = k·bins) in bin k.
+  index = np.ceil(xs / bins - 1e-9).astype(np.int64)
+  edges, position = np.unique(index, return_inverse=True)
+  means = np.bincount(position, ys) / np.bincount(position)
+  return edges * float(bins), means
+
+
+def aggregate(curves, agg):
+  """Seeds of one method on one task -> xs, line, band low, band high.
+
+  The xs are every x of any seed; a seed counts at the xs within its own
+  range (on a shared bin grid that is its own value; elsewhere interpolated
+  linearly), so a seed that stopped early drops out of the later points.
+  agg: 'stdK' mean ± K std over seeds (population std), 'perK' median with
+  the K-th and (100-K)-th percentiles.
+  """
+  xs = np.unique(np.concatenate([xs for xs, _ in curves]))
+  values = np.full((len(curves), len(xs)), np.nan)
+  for row, (cx, cy) in zip(values, curves):
+    inside = (xs >= cx[0]) & (xs <= cx[-1])
+    row[inside] = np.interp(xs[inside], cx, cy)
+  kind, amount = parse_agg(agg)
+  if kind == 'std':
+    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    return xs, mean, mean - amount * std, mean + amount * std
+  low, median, high = np.nanpercentile(values, [amount, 50, 100 - amount], 0)
+  return xs, median, low, high
+
+
+def parse_agg(agg):
+  """'std1' -> ('std', 1.0), 'per25' -> ('per', 25.0), 'none' -> (None, None)."""
+  if agg == 'none':
+    return None, None
+  match = re.fullmatch(r'(std|per)(\d+(?:\.\d*)?)', agg)
+  if not match or (match[1] == 'per' and not float(match[2]) < 50):
+    raise ValueError(agg)
+  return match[1], float(match[2])
+
+
+def group(curves):
+  """{(task, method): [curve, ...]} in the order the curves come."""
+  groups = collections.defaultdict(list)
+  for curve in curves:
+    groups[curve['task'], curve['method']].append(curve)
+  return groups
+
+
+# Normalised scores -------------------------------------------------------------
+
+def final_scores(curves):
+  """{(task, method): mean over seeds of each seed's last point}."""
+  return {key: float(np.mean([c['ys'][-1] for c in seeds]))
+          for key, seeds in group(curves).items() if seeds[0]['ys'].size}
+
+
+def normalised_scores(curves, reference):
+  """Per method, over the tasks that have reference scores:
+
+    gamer-normalised  = (score - random) / (human_gamer - random)
+    record-normalised = (score - random) / (human_record - random)
+    clipped record    = min(1, record-normalised)
+
+  Returns a list of {method, tasks, gamer_median, gamer_mean, record_mean,
+  clipped_record_mean} and the tasks left out for lacking reference scores.
+  """
+  gamer, record = collections.defaultdict(list), collections.defaultdict(list)
+  missing = set()
+  for (task, method), score in final_scores(curves).items():
+    if task not in reference:
+      missing.add(task)
+      continue
+    random = reference[task]['random']
+    gamer[method].append(
+        (score - random) / (reference[task]['human_gamer'] - random))
+    record[method].append(
+        (score - random) / (reference[task]['human_record'] - random))
+  results = []
+  for method in gamer:
+    results.append(dict(
+        method=method, tasks=len(gamer[method]),
+        gamer_median=float(np.median(gamer[method])),
+        gamer_mean=float(np.mean(gamer[method])),
+        record_mean=float(np.mean(record[method])),
+        clipped_record_mean=float(np.mean(np.minimum(1, record[method])))))
+  return results, sorted(missing)
+
+
+def stats_table(stats):
+  header = f"{'method':<24} {'tasks':>5}" + ''.join(f' {s:>19}' for s in STATS)
+  rows = [f"{s['method']:<24} {s['tasks']:>5}"
+          + ''.join(f' {s[k]:>19.3f}' for k in STATS) for s in stats]
+  return '\n'.join([header] + rows)
+
+
+# Figure ----------------------------------------------------------------------
+
+def plot(curves, tasks, methods, args, stats=None):
+  """One panel per task (and one for the stats), one legend; PNG and PDF."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from matplotlib import lines, ticker
+  panels = len(tasks) + bool(stats)
+  cols = max(1, min(args.cols, panels))
+  rows = math.ceil(panels / cols)
+  width, height = args.size
+  legend_rows = math.ceil(len(methods) / max(cols, 4))
+  legend_height = 0.3 * legend_rows + 0.2
+  fig, axes = plt.subplots(
+      rows, cols, figsize=(cols * width, rows * height + legend_height),
+      squeeze=False)
+  axes = axes.flatten()
+  colors = {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+  groups = group(curves)
+  for ax, task in zip(axes, tasks):
+    for index, method in enumerate(methods):
+      seeds = groups.get((task, method))
+      if not seeds:
+        continue
+      color, zorder = colors[method], len(methods) - index  # Runs on top.
+      if args.agg == 'none':
+        for seed in seeds:
+          ax.plot(seed['xs'], seed['ys'], color=color, lw=1, alpha=0.7,
+                  zorder=zorder)
+        continue
+      xs, line, low, high = aggregate(
+          [(c['xs'], c['ys']) for c in seeds], args.agg)
+      ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0,
+                      zorder=zorder)
+      ax.plot(xs, line, color=color, lw=1.5, zorder=zorder)
+    ax.set_title(task, fontsize='medium')
+    ax.set_xlabel(args.xaxis)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(5))
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=''))
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize='small')
+    if args.xlim:
+      ax.set_xlim(*args.xlim)
+    if args.ylim:
+      ax.set_ylim(*args.ylim)
+  for ax in axes[:len(tasks):cols]:
+    ax.set_ylabel(args.yaxis)
+  if stats:
+    draw_stats(axes[len(tasks)], stats, colors)
+  for ax in axes[panels:]:
+    ax.axis('off')
+  handles = [lines.Line2D([], [], color=colors[m], lw=2, label=m)
+             for m in methods]
+  fig.legend(handles=handles, loc='lower center', frameon=False,
+             ncol=min(len(methods), max(cols, 4)))
+  # Fixed margins in inches: much faster than tight_layout for many panels.
+  fig_width, fig_height = fig.get_size_inches()
+  fig.subplots_adjust(
+      left=0.75 / fig_width, right=1 - 0.2 / fig_width,
+      bottom=(legend_height + 0.5) / fig_height, top=1 - 0.3 / fig_height,
+      wspace=0.8 / (width - 0.8), hspace=0.85 / (height - 0.85))
+  filenames = [args.outdir / f'{args.name}.png', args.outdir / f'{args.name}.pdf']
+  for filename in filenames:
+    fig.savefig(filename, dpi=110)
+  plt.close(fig)
+  return filenames
+
+
+def draw_stats(ax, stats, colors):
+  ax.axis('off')
+  ax.set_title('normalised final scores', fontsize='medium')
+  cells = [[s['method'], str(s['tasks'])] + [f'{s[k]:.3f}' for k in STATS]
+           for s in stats]
+  labels = ['method', 'tasks', 'gamer\nmedian', 'gamer\nmean', 'record\nmean',
+            'clipped\nrecord\nmean']
+  rows = len(stats) + 1.8  # The header holds up to three lines.
+  height = min(1, 0.1 * rows)
+  table = ax.table(
+      cellText=cells, colLabels=labels, cellLoc='center',
+      colWidths=[0.3, 0.1] + [0.15] * len(STATS),
+      bbox=(0, 1 - height, 1, height))
+  table.auto_set_font_size(False)
+  table.set_fontsize(7)
+  for (row, col), cell in table.get_celld().items():
+    cell.set_height(1.8 if row == 0 else 1)  # Relative within the bbox.
+    if row and col == 0:
+      cell.set_facecolor(colors.get(cells[row - 1][0], 'w'))
+      cell.get_text().set_color('w')
+
+
+# Command line ----------------------------------------------------------------
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    run(args)
+  except PlotError as error:
+    print(f'plot.py: error: {error}', file=sys.stderr)
+    sys.exit(1)
+
+
+def run(args):
+  if not args.indir and not args.baselines:
+    raise PlotError('Nothing to plot: give --indir, --baselines or both.')
+  # Read everything (and fail on bad input) before drawing anything.
+  reference = load_reference(args.stats_baselines) if args.stats else None
+  runs = []
+  if args.indir:
+    runs = load_runs(args.indir, args.xaxis, args.yaxis, args.tasks,
+                     args.methods)
+  run_methods = {run['method'] for run in runs}
+  baselines = []
+  for filename in args.baselines or []:
+    for curve in load_scores(filename):
+      if curve['method'] in run_methods:
+        # Keep published curves apart from a run of the same method name.
+        curve['method'] += f' ({pathlib.Path(filename).stem})'
+      baselines.append(curve)
+  baselines = [c for c in baselines if selected(c['task'], args.tasks)
+               and selected(c['method'], args.methods)]
+  tasks = {run['task'] for run in runs} or {c['task'] for c in baselines}
+  if runs and args.baselines and not any(c['task'] in tasks for c in baselines):
+    warn('--baselines hold none of the plotted tasks.')
+  baselines = [c for c in baselines if c['task'] in tasks]
+
+  curves = []
+  for curve in runs + baselines:
+    xs, ys = curve['xs'], curve['ys']
+    if args.xlim:
+      keep = (xs >= args.xlim[0]) & (xs <= args.xlim[1])
+      xs, ys = xs[keep], ys[keep]
+    if xs.size:
+      xs, ys = bin_curve(xs, ys, args.bins)
+      curves.append({**curve, 'xs': xs, 'ys': ys})
+  if not curves:
+    raise PlotError('No points left to plot (check --tasks, --methods, --xlim).')
+  curves.sort(key=lambda c: (c['task'], c['method'], seed_order(c['seed'])))
+  tasks = sorted({c['task'] for c in curves})
+  methods = list(dict.fromkeys(
+      sorted({c['method'] for c in runs}) + sorted({c['method'] for c in baselines})))
+  methods = [m for m in methods if any(c['method'] == m for c in curves)]
+
+  stats = None
+  if args.stats:
+    stats, missing = normalised_scores(curves, reference)
+    if not stats:
+      raise PlotError(
+          f'--stats: none of the plotted tasks has random and human scores in '
+          f'{args.stats_baselines}.')
+    if missing:
+      warn(f'--stats leaves out tasks without reference scores: '
+           f'{", ".join(missing)}')
+
+  try:
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    filenames = plot(curves, tasks, methods, args, stats)
+    filenames.append(args.outdir / f'{args.name}.json')
+    write_json(filenames[-1], [
+        {k: (c[k].tolist() if k in ('xs', 'ys') else c[k]) for k in CURVE_KEYS}
+        for c in curves])
+    if stats:
+      filenames.append(args.outdir / f'{args.name}_stats.json')
+      write_json(filenames[-1], stats)
+  except OSError as error:
+    raise PlotError(f'Cannot write to --outdir {args.outdir}: '
+                    f'{error.strerror}.')
+  if stats:
+    print(stats_table(stats))
+  print(f'{len(curves)} curves, {len(tasks)} tasks, {len(methods)} methods: '
+        + ', '.join(str(f) for f in filenames))
+
+
+def seed_order(seed):
+  return (0, int(seed), '') if seed.isdigit() else (1, 0, seed)
+
+
+def write_json(filename, value):
+  with open(filename, 'w') as f:
+    json.dump(value, f)
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      description='Plot learning curves of runs and published score files.')
+  parser.add_argument(
+      '--indir', nargs='+', type=pathlib.Path,
+      help='directories searched for <task>/<method>/<seed>/metrics.jsonl')
+  parser.add_argument('--outdir', type=pathlib.Path, required=True)
+  parser.add_argument('--name', default='curves',
+                      help='file stem of the outputs (default: curves)')
+  parser.add_argument('--xaxis', default='step',
+                      help='metric on the x axis (default: step, env frames)')
+  parser.add_argument('--yaxis', type=regex, default='eval_return',
+                      help='metric on the y axis, a regex (default: eval_return)')
+  parser.add_argument('--bins', type=parse_bins, default=None,
+                      help='bin width on the x axis, e.g. 1e6; 0 or none: no binning')
+  parser.add_argument('--xlim', nargs=2, type=float, metavar=('LOW', 'HIGH'))
+  parser.add_argument('--ylim', nargs=2, type=float, metavar=('LOW', 'HIGH'))
+  parser.add_argument('--tasks', nargs='+', type=regex, metavar='REGEX',
+                      help='keep tasks fully matching any of these')
+  parser.add_argument('--methods', nargs='+', type=regex, metavar='REGEX',
+                      help='keep methods fully matching any of these')
+  parser.add_argument(
+      '--agg', type=check_agg, default='std1',
+      help='seeds as: std1 (mean ± std), per0 / per25 (median and min-max / '
+           'quartile band), none (every seed); default std1')
+  parser.add_argument('--cols', type=int, default=4, help='panels per row')
+  parser.add_argument('--size', nargs=2, type=float, default=(4.0, 3.0),
+                      metavar=('WIDTH', 'HEIGHT'),
+                      help='inches per panel (default: 4 3)')
+  parser.add_argument(
+      '--baselines', nargs='+', metavar='FILE',
+      help='score files ({task, method, seed, xs, ys} lists) drawn beside the runs')
+  parser.add_argument(
+      '--stats', action='store_true',
+      help='add a panel, table and JSON of normalised final scores per method')
+  parser.add_argument(
+      '--stats_baselines', type=pathlib.Path,
+      default=ROOT / 'scores' / 'baselines.json',
+      help='random and human scores per task (default: scores/baselines.json)')
+  args = parser.parse_args(argv)
+  if args.cols < 1:
+    parser.error(f'--cols must be at least 1, not {args.cols}')
+  if args.xlim and args.xlim[0] >= args.xlim[1]:
+    parser.error('--xlim LOW must be below HIGH')
+  return args
+
+
+def regex(text):
+  try:
+    re.compile(text)
+  except re.error as error:
+    raise argparse.ArgumentTypeError(f"'{text}' is not a regex: {error}")
+  return text
+
+
+def parse_bins(text):
+  if text.lower() in ('none', '0', ''):
+    return None
+  try:
+    bins = float(text)
+  except ValueError:
+    bins = -1
+  if not (bins >= 0 and math.isfinite(bins)):
+    raise argparse.ArgumentTypeError(
+        f"'{text}' is not a bin width (a positive number, 0 or none)")
+  return bins or None
+
+
+def check_agg(text):
+  try:
+    parse_agg(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"'{text}' is not one of stdK (e.g. std1), perK with K < 50 "
+        '(e.g. per0, per25), none')
+  return text
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,220 @@
+"""TensorFlow utilities: the optimizer, schedules, reward normalisation and
+the checkpoint of a `tf.Module`."""
+
+import os
+import pickle
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from common import nets
+
+
+class Optimizer(tf.Module):
+  """Adam with global-norm clipping and decoupled weight decay.
+
+  Slots are created with the optimizer, so a checkpoint holds them before the
+  first update. A step whose gradient norm is not finite is skipped and
+  counted. Under float16 compute the loss is scaled dynamically: halved after
+  an overflow, doubled after 2000 finite steps (bfloat16 and float32 need no
+  scaling; their reported scale is 1).
+  """
+
+  def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=None,
+               opt='adam', wd_pattern=r'.*', beta1=0.9, beta2=0.999):
+    super().__init__(name=name)
+    if opt != 'adam':
+      raise ValueError(f'{name}_opt.opt must be adam, got {opt!r}')
+    self._name = name
+    self.params = list(variables)
+    self._lr, self._eps, self._clip, self._wd = lr, eps, clip, wd
+    self._beta1, self._beta2 = beta1, beta2
+    self._decay = [bool(wd) and bool(re.search(wd_pattern, f'{name}/{v.name}'))
+                   for v in self.params]
+    with tf.name_scope(name):
+      self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.params]
+      self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.params]
+    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._scaling = nets.compute_dtype() == tf.float16
+    self.loss_scale = tf.Variable(2.0 ** 15 if self._scaling else 1.0, trainable=False)
+    self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  @property
+  def size(self):
+    return int(sum(np.prod(v.shape) for v in self.params))
+
+  def __call__(self, tape, loss):
+    """Applies the gradient of `loss` (a float32 scalar recorded on `tape`)."""
+    loss = tf.cast(loss, tf.float32)
+    scaled = loss * self.loss_scale if self._scaling else loss
+    grads = tape.gradient(scaled, self.params)
+    grads = [tf.zeros_like(v) if g is None else tf.cast(g, tf.float32)
+             for g, v in zip(grads, self.params)]
+    if self._scaling:
+      grads = [g / self.loss_scale for g in grads]
+    norm = tf.linalg.global_norm(grads)
+    finite = tf.math.is_finite(norm)
+    if self._clip:
+      grads, _ = tf.clip_by_global_norm(grads, self._clip, use_norm=norm)
+    tf.cond(finite, lambda: self._apply(grads), lambda: self._skip())
+    if self._scaling:
+      self._update_scale(finite)
+    return {
+        f'{self._name}_loss': loss,
+        f'{self._name}_grad_norm': norm,
+        f'{self._name}_loss_scale': tf.identity(self.loss_scale),
+        f'{self._name}_skipped_steps': tf.cast(self.skipped, tf.float32),
+    }
+
+  def _apply(self, grads):
+    step = tf.cast(self.updates + 1, tf.float32)
+    beta1_power = tf.pow(self._beta1, step)
+    beta2_power = tf.pow(self._beta2, step)
+    for var, decay in zip(self.params, self._decay):
+      if decay:
+        var.assign(var * (1 - self._wd))
+    for var, m, v, grad in zip(self.params, self.m, self.v, grads):
+      tf.raw_ops.ResourceApplyAdam(
+          var=var.handle, m=m.handle, v=v.handle,
+          beta1_power=beta1_power, beta2_power=beta2_power,
+          lr=tf.constant(self._lr, tf.float32),
+          beta1=tf.constant(self._beta1, tf.float32),
+          beta2=tf.constant(self._beta2, tf.float32),
+          epsilon=tf.constant(self._eps, tf.float32), grad=grad)
+    self.updates.assign_add(1)
+    return tf.constant(True)
+
+  def _skip(self):
+    self.skipped.assign_add(1)
+    return tf.constant(False)
+
+  def _update_scale(self, finite):
+    def grow():
+      self.good_steps.assign_add(1)
+      double = self.good_steps >= 2000
+      self.loss_scale.assign(tf.where(double, self.loss_scale * 2, self.loss_scale))
+      self.good_steps.assign(tf.where(double, tf.constant(0, tf.int64), self.good_steps))
+      return tf.constant(True)
+    def shrink():
+      self.loss_scale.assign(tf.maximum(self.loss_scale / 2, 1.0))
+      self.good_steps.assign(0)
+      return tf.constant(False)
+    tf.cond(finite, grow, shrink)
+
+
+def schedule(string):
+  """Parses a schedule once into a function of the step (a tensor):
+  a constant ('1e-3'), 'linear(initial, final, duration)',
+  'warmup(final, duration)', 'exp(initial, final, halflife)',
+  'horizon(initial, final, duration)'."""
+  string = str(string).strip()
+  try:
+    value = float(string)
+    return lambda step: tf.constant(value, tf.float32)
+  except ValueError:
+    pass
+  match = re.fullmatch(r'(\w+)\((.*)\)', string)
+  kinds = ('linear', 'warmup', 'exp', 'horizon')
+  if not match or match.group(1) not in kinds:
+    raise ValueError(
+        f'bad schedule {string!r}: use a number or one of '
+        'linear(a,b,n), warmup(a,n), exp(a,b,halflife), horizon(a,b,n)')
+  kind = match.group(1)
+  args = [float(x) for x in match.group(2).split(',')]
+  def fraction(step, duration):
+    return tf.clip_by_value(tf.cast(step, tf.float32) / duration, 0, 1)
+  if kind == 'linear':
+    initial, final, duration = args
+    return lambda step: (1 - fraction(step, duration)) * initial + fraction(step, duration) * final
+  if kind == 'warmup':
+    final, duration = args
+    return lambda step: fraction(step, duration) * final
+  if kind == 'exp':
+    initial, final, halflife = args
+    return lambda step: (initial - final) * 0.5 ** (tf.cast(step, tf.float32) / halflife) + final
+  initial, final, duration = args
+  def horizon(step):
+    h = (1 - fraction(step, duration)) * initial + fraction(step, duration) * final
+    return 1 - 1 / h
+  return horizon
+
+
+class StreamNorm(tf.Module):
+  """Divides by a running mean of |x| (momentum 1 = off, as the default)."""
+
+  def __init__(self, shape=(), momentum=0.99, scale=1.0, eps=1e-8):
+    super().__init__()
+    self._shape, self._momentum = tuple(shape), momentum
+    self._scale, self._eps = scale, eps
+    self.mag = tf.Variable(tf.ones(shape, tf.float32), trainable=False)
+
+  def __call__(self, inputs):
+    metrics = {}
+    self.update(inputs)
+    metrics['mean'] = tf.reduce_mean(inputs)
+    metrics['std'] = tf.math.reduce_std(inputs)
+    outputs = self.transform(inputs)
+    metrics['normed_mean'] = tf.reduce_mean(outputs)
+    metrics['normed_std'] = tf.math.reduce_std(outputs)
+    return outputs, metrics
+
+  def update(self, inputs):
+    batch = tf.reshape(inputs, (-1,) + self._shape)
+    mag = tf.reduce_mean(tf.abs(tf.cast(batch, tf.float32)), 0)
+    self.mag.assign(self._momentum * self.mag + (1 - self._momentum) * mag)
+
+  def transform(self, inputs):
+    values = tf.reshape(inputs, (-1,) + self._shape)
+    values /= tf.cast(self.mag, values.dtype)[None] + self._eps
+    values *= self._scale
+    return tf.reshape(values, tf.shape(inputs))
+
+
+def named_variables(module):
+  """All variables of a module as {attribute path: variable}, in a fixed order."""
+  flat = module._flatten(
+      predicate=lambda v: isinstance(v, tf.Variable), with_path=True)
+  named = {}
+  for path, var in flat:
+    named['/'.join(str(p) for p in path)] = var
+  return named
+
+
+def save_checkpoint(module, path):
+  """Writes every variable (weights, optimizer slots, counters) to `path`
+  atomically: a temp file is renamed over the old checkpoint only when it is
+  complete, so a kill never leaves a broken checkpoint."""
+  values = {name: var.numpy() for name, var in named_variables(module).items()}
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb') as f:
+    pickle.dump(values, f, protocol=pickle.HIGHEST_PROTOCOL)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class CheckpointMismatch(ValueError):
+  pass
+
+
+def load_checkpoint(module, path):
+  """Restores what `save_checkpoint` wrote; a checkpoint from a model of other
+  sizes raises CheckpointMismatch naming the differing variables."""
+  with open(path, 'rb') as f:
+    values = pickle.load(f)
+  named = named_variables(module)
+  missing = sorted(set(named) - set(values))
+  extra = sorted(set(values) - set(named))
+  shapes = [(n, values[n].shape, tuple(v.shape)) for n, v in named.items()
+            if n in values and values[n].shape != tuple(v.shape)]
+  if missing or extra or shapes:
+    lines = [f'{n}: checkpoint {a} vs model {b}' for n, a, b in shapes[:5]]
+    lines += [f'not in checkpoint: {n}' for n in missing[:5]]
+    lines += [f'not in model: {n}' for n in extra[:5]]
+    raise CheckpointMismatch(
+        f'checkpoint {path} does not fit the model built from this config '
+        f'(were model sizes changed?): ' + '; '.join(lines))
+  for name, var in named.items():
+    var.assign(values[name])

@@ -1,0 +1,434 @@
+"""The env interface and the Atari protocol of DreamerV2 (paper, section 4)."""
+
+import functools
+import pickle
+
+import gymnasium
+import numpy as np
+import pytest
+
+from common import envs
+
+FLAGS = ('is_first', 'is_last', 'is_terminal')
+
+
+def onehot(index, n=18):
+  action = np.zeros(n, np.float32)
+  action[index] = 1
+  return {'action': action}
+
+
+def check_obs(obs, obs_space):
+  assert set(obs) == set(obs_space)
+  for key, space in obs_space.items():
+    value = np.asarray(obs[key])
+    assert value.shape == space.shape, key
+    assert value.dtype == space.dtype, key
+
+
+# Atari ---------------------------------------------------------------------
+
+
+def test_atari_sees_64x64_grayscale_and_acts_with_18_one_hot_actions():
+  env = envs.make('atari_pong', action_repeat=4, seed=0)
+  assert env.obs_space['image'] == gymnasium.spaces.Box(0, 255, (64, 64, 1), np.uint8)
+  space = env.act_space['action']
+  assert isinstance(space, gymnasium.spaces.Box)
+  assert space.shape == (18,) and space.dtype == np.float32 and space.discrete
+  sample = space.sample()
+  assert sample.sum() == 1 and set(np.unique(sample)) == {0, 1}
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['is_first'] and not obs['is_last'] and obs['reward'] == 0
+  assert obs['image'].std() > 0
+  obs = env.step(onehot(3))
+  check_obs(obs, env.obs_space)
+  assert not obs['is_first']
+  assert isinstance(obs['reward'], np.float32)
+
+
+def test_atari_starts_after_0_to_30_random_noops():
+  env = envs.Atari('pong', seed=0)
+  frames = []
+  for _ in range(12):
+    env.reset()
+    frames.append(env._ale.getEpisodeFrameNumber())
+  assert len(set(frames)) >= 4
+  assert min(frames) >= 0 and max(frames) <= 30
+  env = envs.Atari('pong', seed=0, noops=0)
+  env.reset()
+  assert env._ale.getEpisodeFrameNumber() == 0
+
+
+def rollout(env, actions):
+  env.reset()
+  return np.stack([env.step({'action': a})['image'] for a in actions])
+
+
+def test_sticky_actions_make_the_same_actions_diverge_across_seeds():
+  # Pong's paddle moves with RIGHT (3) and LEFT (4); no-ops off to isolate
+  # stickiness.
+  actions = ([3] * 5 + [4] * 5) * 10
+  make = functools.partial(envs.Atari, 'pong', noops=0)
+  sticky = [rollout(make(seed=seed), actions) for seed in (0, 1)]
+  assert (sticky[0] != sticky[1]).any()
+  plain = [rollout(make(seed=seed, sticky=False), actions) for seed in (0, 1)]
+  assert (plain[0] == plain[1]).all()
+
+
+def test_action_repeat_sums_rewards_and_max_pools_the_last_two_frames():
+  raw = (210, 160)
+  make = functools.partial(
+      envs.Atari, 'pong', size=raw, noops=0, sticky=False, seed=3)
+  coarse, fine = make(action_repeat=4), make(action_repeat=1)
+  coarse.reset()
+  fine.reset()
+  rng = np.random.default_rng(0)
+  rewards = []
+  for action in rng.integers(0, 18, 400):
+    obs = coarse.step({'action': action})
+    frames = [fine.step({'action': action}) for _ in range(4)]
+    assert obs['reward'] == sum(frame['reward'] for frame in frames)
+    pooled = np.maximum(frames[2]['image'], frames[3]['image'])
+    assert (obs['image'] == pooled).all()
+    rewards.append(obs['reward'])
+  assert min(rewards) == -1  # The opponent scored within 1600 frames.
+
+
+def test_time_limit_ends_the_episode_without_a_terminal():
+  env = envs.make('atari_pong', action_repeat=4, time_limit=10, seed=0)
+  env.reset()
+  for step in range(1, 11):
+    obs = env.step(onehot(0))
+    assert obs['is_last'] == (step == 10)
+    assert not obs['is_terminal']
+  with pytest.raises(RuntimeError, match='reset'):
+    env.step(onehot(0))
+  assert env.reset()['is_first']
+
+
+def test_breakout_ends_at_game_over_not_at_a_life_loss():
+  env = envs.Atari('breakout', seed=0)
+  action_env = envs.OneHotAction(env)
+  env.reset()
+  rng = np.random.default_rng(0)
+  lives = [env._ale.lives()]
+  assert lives == [5]
+  for step in range(5000):
+    obs = action_env.step(onehot(rng.integers(18)))
+    lives.append(env._ale.lives())
+    if obs['is_last']:
+      break
+    assert not obs['is_terminal']
+  assert obs['is_last'] and obs['is_terminal'], f'no game over in {step} steps'
+  assert lives[-1] == 0
+  assert len(set(lives)) == 6  # Lost lives 5, 4, 3, 2, 1 on the way.
+
+
+def test_life_done_ends_the_episode_at_the_first_life_loss():
+  env = envs.Atari('breakout', seed=0, life_done=True)
+  env.reset()
+  rng = np.random.default_rng(0)
+  for _ in range(2000):
+    obs = env.step({'action': rng.integers(18)})
+    if obs['is_last']:
+      break
+  assert obs['is_terminal'] and env._ale.lives() == 4
+
+
+def test_color_atari_and_minimal_action_set():
+  env = envs.Atari('breakout', grayscale=False, all_actions=False, seed=0)
+  assert env.reset()['image'].shape == (64, 64, 3)
+  assert env.act_space['action'].n == 4
+
+
+def test_unknown_game_names_close_matches():
+  with pytest.raises(envs.UnknownTask, match=r"'pongg'.*atari_pongg.*pong"):
+    envs.make('atari_pongg')
+  with pytest.raises(envs.UnknownTask, match='montezuma_revenge'):
+    envs.check_task('atari_montezuma')
+  with pytest.raises(envs.UnknownTask, match='atari, dmc, crafter'):
+    envs.check_task('mujoco_walker')
+  with pytest.raises(envs.UnknownTask, match='crafter_reward, crafter_noreward'):
+    envs.check_task('crafter_hard')
+  for task in ('atari_pong', 'atari_montezuma_revenge', 'atari_private_eye',
+               'atari_james_bond'):
+    envs.check_task(task)
+  assert envs.atari_game('atari_james_bond') == 'jamesbond'
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+  find_spec = envs.importlib.util.find_spec
+  monkeypatch.setattr(
+      envs.importlib.util, 'find_spec',
+      lambda name: None if name in ('crafter', 'dm_control') else find_spec(name))
+  with pytest.raises(envs.MissingPackage, match='requirements-extras.txt'):
+    envs.check_task('crafter_reward')
+  with pytest.raises(envs.MissingPackage, match='dm-control'):
+    envs.make('dmc_walker_walk')
+
+
+def test_make_rejects_unknown_mode():
+  with pytest.raises(ValueError, match='train.*eval'):
+    envs.make('atari_pong', mode='test')
+
+
+# Gym envs ------------------------------------------------------------------
+
+
+class TinyImageEnv(gymnasium.Env):
+  """8x8 RGB frames showing the step count; reward = action; ends at 4."""
+
+  observation_space = gymnasium.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+  action_space = gymnasium.spaces.Discrete(3)
+
+  def reset(self, seed=None, options=None):
+    super().reset(seed=seed)
+    self.count = 0
+    return np.zeros((8, 8, 3), np.uint8), {}
+
+  def step(self, action):
+    assert isinstance(action, int)
+    self.count += 1
+    image = np.full((8, 8, 3), 10 * self.count, np.uint8)
+    return image, float(action), self.count == 4, False, {}
+
+
+def test_gym_image_env_gets_image_key_and_one_hot_actions():
+  env = envs.GymWrapper(TinyImageEnv())
+  assert env.obs_space['image'].shape == (8, 8, 3)
+  env = envs.OneHotAction(envs.ResizeImage(env, (64, 64)))
+  assert env.act_space['action'].shape == (3,)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['image'].shape == (64, 64, 3) and obs['is_first']
+  for step in range(1, 5):
+    obs = env.step(onehot(2, 3))
+    check_obs(obs, env.obs_space)
+    assert obs['reward'] == 2.0 and (obs['image'] == 10 * step).all()
+  assert obs['is_last'] and obs['is_terminal']
+
+
+def test_gym_vector_env_terminal_and_truncation():
+  env = envs.GymWrapper(gymnasium.make('CartPole-v1'), seed=0)
+  assert env.obs_space['vector'] == gymnasium.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+  env = envs.OneHotAction(env)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  for _ in range(100):  # Always push right: the pole falls.
+    obs = env.step(onehot(1, 2))
+    if obs['is_last']:
+      break
+  assert obs['is_last'] and obs['is_terminal']
+  env = envs.OneHotAction(envs.GymWrapper(
+      gymnasium.make('CartPole-v1', max_episode_steps=4), seed=0))
+  env.reset()
+  flags = [env.step(onehot(step % 2, 2)) for step in range(4)]
+  assert [f['is_last'] for f in flags] == [False, False, False, True]
+  assert not flags[-1]['is_terminal']
+
+
+def test_from_gym_picks_the_action_wrapper():
+  env = envs.from_gym(gymnasium.make('Pendulum-v1'), seed=0, time_limit=3)
+  space = env.act_space['action']
+  assert space.low.tolist() == [-1] and space.high.tolist() == [1]
+  assert not getattr(space, 'discrete', False)
+  env.reset()
+  obs = [env.step({'action': np.array([1.0], np.float32)}) for _ in range(3)]
+  assert [o['is_last'] for o in obs] == [False, False, True]
+  assert obs[0]['vector'].shape == (3,)
+  env = envs.from_gym(TinyImageEnv())
+  assert env.act_space['action'].discrete
+
+
+def test_gym_dict_observations_keep_their_keys():
+  class DictEnv(TinyImageEnv):
+    observation_space = gymnasium.spaces.Dict({
+        'pixels': gymnasium.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        'speed': gymnasium.spaces.Box(-1, 1, (), np.float64),
+    })
+
+    def reset(self, seed=None, options=None):
+      image, info = super().reset(seed=seed)
+      return {'pixels': image, 'speed': 0.5}, info
+
+  env = envs.GymWrapper(DictEnv())
+  assert env.obs_space['speed'].shape == (1,)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+
+
+@pytest.mark.parametrize('obs_space, act_space, bad', [
+    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.MultiDiscrete([2, 3]), 'MultiDiscrete'),
+    (gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)]), gymnasium.spaces.Discrete(2), 'Tuple'),
+    (gymnasium.spaces.Text(5), gymnasium.spaces.Discrete(2), 'Text'),
+    (gymnasium.spaces.Box(0, 1, (4, 4)), gymnasium.spaces.Discrete(2), r'Box\(0.0, 1.0, \(4, 4\)'),
+    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.Box(0, 1, (2, 2)), r'Box\(0.0, 1.0, \(2, 2\)'),
+])
+def test_unsupported_gym_spaces_are_rejected_before_running(obs_space, act_space, bad):
+  class BadEnv(gymnasium.Env):
+    def reset(self, seed=None, options=None):
+      raise AssertionError('must not run')
+
+  env = BadEnv()
+  env.observation_space, env.action_space = obs_space, act_space
+  with pytest.raises(envs.UnsupportedSpace, match=bad) as info:
+    envs.GymWrapper(env)
+  assert 'Supported' in str(info.value)
+
+
+# Action wrappers -----------------------------------------------------------
+
+
+class RecordingEnv:
+  """Our interface around a given action space; remembers the last action."""
+
+  def __init__(self, action_space):
+    self.act_space = {'action': action_space}
+    self.obs_space = {'vector': envs._vector_space(1), **envs._base_spaces()}
+    self.actions = []
+
+  def reset(self):
+    return envs._obs(0.0, True, False, False, vector=np.zeros(1, np.float32))
+
+  def step(self, action):
+    self.actions.append(action['action'])
+    return envs._obs(0.0, False, False, False, vector=np.zeros(1, np.float32))
+
+
+def test_one_hot_action_passes_the_index_and_rejects_other_vectors():
+  inner = RecordingEnv(gymnasium.spaces.Discrete(4))
+  env = envs.OneHotAction(inner)
+  space = env.act_space['action']
+  assert space.discrete and space.shape == (4,) and space.dtype == np.float32
+  assert pickle.loads(pickle.dumps(space)).discrete
+  env.step(onehot(2, 4))
+  env.step({'action': np.array([0, 0, 0, 0.999], np.float32)})  # bfloat16 rounding
+  assert inner.actions == [2, 3]
+  for bad in ([0.3, 0.7, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0], [np.nan, 1, 0, 0]):
+    with pytest.raises(ValueError, match='one-hot vector of shape \\(4,\\)'):
+      env.step({'action': np.array(bad, np.float32)})
+  with pytest.raises(envs.UnsupportedSpace):
+    envs.OneHotAction(RecordingEnv(gymnasium.spaces.Box(-1, 1, (2,))))
+
+
+def test_normalize_action_maps_minus_one_one_to_finite_bounds_only():
+  inner = RecordingEnv(gymnasium.spaces.Box(
+      np.array([0, -2, -np.inf], np.float32), np.array([10, 2, np.inf], np.float32)))
+  env = envs.NormalizeAction(inner)
+  space = env.act_space['action']
+  assert space.low.tolist() == [-1, -1, -np.inf]
+  assert space.high.tolist() == [1, 1, np.inf]
+  env.step({'action': np.array([-1, 1, 5], np.float32)})
+  env.step({'action': np.array([0, -0.5, -7], np.float32)})
+  assert inner.actions[0].tolist() == [0, 2, 5]
+  assert inner.actions[1].tolist() == [5, -1, -7]
+
+
+# Parallel ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('strategy', ['none', 'thread', 'process'])
+def test_parallel_runs_train_and_eval_atari_envs(strategy):
+  ctors = [
+      functools.partial(
+          envs.make, 'atari_pong', mode, action_repeat=4, time_limit=27000,
+          seed=seed)
+      for seed, mode in enumerate(['train', 'eval'])]
+  parallel = [envs.Parallel(ctor, strategy) for ctor in ctors]
+  for env in parallel:
+    assert env.act_space['action'].discrete
+    assert env.obs_space['image'].shape == (64, 64, 1)
+  promises = [env.reset(blocking=False) for env in parallel]
+  for env, promise in zip(parallel, promises):
+    obs = promise()
+    check_obs(obs, env.obs_space)
+    assert obs['is_first']
+  for step in range(5):
+    promises = [env.step(onehot(step), blocking=False) for env in parallel]
+    for env, promise in zip(parallel, promises):
+      obs = promise()
+      check_obs(obs, env.obs_space)
+      assert not obs['is_first']
+  assert not parallel[0].step(onehot(1))['is_last']
+  for env in parallel:
+    env.close()
+    env.close()
+    if strategy == 'process':
+      assert not env._process.is_alive() and env._process.exitcode == 0
+    with pytest.raises(RuntimeError, match='closed'):
+      env.reset()
+
+
+def test_process_errors_carry_the_env_traceback():
+  with pytest.raises(envs.UnknownTask, match='pongg') as info:
+    envs.Parallel(functools.partial(envs.make, 'atari_pongg'), 'process')
+  assert 'Traceback in the env process' in ''.join(info.value.__notes__)
+  env = envs.Parallel(functools.partial(envs.make, 'atari_pong', seed=0), 'process')
+  env.reset()
+  with pytest.raises(ValueError, match='one-hot') as info:
+    env.step({'action': np.ones(18, np.float32)})
+  assert 'in step' in ''.join(info.value.__notes__)
+  assert not env.step(onehot(0))['is_first']  # The env survives the error.
+  env.close()
+  with pytest.raises(ValueError, match='strategy'):
+    envs.Parallel(functools.partial(envs.make, 'atari_pong'), 'fork')
+
+
+# Optional suites: skipped only when their package is not installed ---------
+
+
+def test_dmc_walker_images_proprio_and_time_limit():
+  pytest.importorskip('dm_control')
+  # Rendering runs on the CPU here (~20 ms a frame): repeat 100 frames per
+  # step to reach the env's own limit of 1000 frames in 10 steps.
+  env = envs.make('dmc_walker_walk', action_repeat=100, seed=0)
+  space = env.act_space['action']
+  assert space.shape == (6,) and (space.low == -1).all() and (space.high == 1).all()
+  assert env.obs_space['image'].shape == (64, 64, 3)
+  assert env.obs_space['height'].shape == (1,)
+  assert env.obs_space['orientations'].shape == (14,)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['image'].std() > 0
+  rng = np.random.default_rng(0)
+  for step in range(1, 100):
+    obs = env.step({'action': rng.uniform(-1, 1, 6).astype(np.float32)})
+    if obs['is_last']:
+      break
+  check_obs(obs, env.obs_space)
+  assert step == 10 and not obs['is_terminal']
+  assert 0 < obs['reward'] <= 100  # Summed over 100 frames of reward <= 1.
+  with pytest.raises(envs.UnknownTask, match='walker_walk'):
+    envs.check_task('dmc_walker_wlak')
+  envs.check_task('dmc_cup_catch')
+  envs.check_task('dmc_point_mass_easy')
+
+
+def test_crafter_logs_reward_and_achievements():
+  pytest.importorskip('crafter')
+  env = envs.make('crafter_noreward', seed=0)
+  assert env.act_space['action'].shape == (17,)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['image'].shape == (64, 64, 3)
+  assert obs['log_achievement_collect_wood'] == 0
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    obs = env.step(onehot(rng.integers(17), 17))
+    check_obs(obs, env.obs_space)
+    assert obs['reward'] == 0  # noreward: the reward is only logged.
+
+
+def test_minigrid_from_pixels():
+  pytest.importorskip('minigrid')
+  env = envs.make_minigrid('MiniGrid-Empty-5x5-v0', seed=0)
+  assert env.act_space['action'].shape == (7,) and env.act_space['action'].discrete
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['image'].shape == (64, 64, 3) and obs['image'].std() > 0
+  for step in range(1, 200):  # Turning left forever never reaches the goal.
+    obs = env.step(onehot(0, 7))
+    if obs['is_last']:
+      break
+  assert step == 100 and not obs['is_terminal']

@@ -1,0 +1,231 @@
+"""plot.py: binning, seeds, published scores, and messages for bad input."""
+
+import collections
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common import plot
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCORES = ROOT / 'scores'
+
+
+def write_run(logdir, lines):
+  logdir.mkdir(parents=True, exist_ok=True)
+  with (logdir / 'metrics.jsonl').open('w') as f:
+    for line in lines:
+      f.write((line if isinstance(line, str) else json.dumps(line)) + '\n')
+
+
+def synthetic_tree(root, tasks=('atari_pong', 'atari_breakout'),
+                   methods=('dreamerv2', 'mine'), seeds=(1, 2, 3)):
+  """eval_return = seed + step / 100 at steps 5, 10, ..., 100."""
+  for task in tasks:
+    for method in methods:
+      for seed in seeds:
+        write_run(root / task / method / str(seed), [
+            {'step': step, 'eval_return': seed + step / 100, 'fps': 10.0}
+            for step in range(5, 101, 5)])
+  return root
+
+
+def run_script(*args):
+  return subprocess.run(
+      [sys.executable, 'common/plot.py', *map(str, args)], cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+
+
+def main(args):
+  plot.main([str(arg) for arg in args])
+
+
+def test_binning_averages_each_interval_at_its_upper_edge():
+  xs = np.arange(0, 21)  # 0, 1, ..., 20
+  edges, means = plot.bin_curve(xs, xs * 2.0, 10)
+  # Bins (-10, 0], (0, 10], (10, 20]: a point on an edge belongs to the bin
+  # that ends there.
+  np.testing.assert_array_equal(edges, [0, 10, 20])
+  np.testing.assert_allclose(means, [0, 11, 31])
+  # Unordered input (e.g. after a resume) and empty bins left out.
+  edges, means = plot.bin_curve([35, 1, 3, 36], [4, 1, 3, 6], 10)
+  np.testing.assert_array_equal(edges, [10, 40])
+  np.testing.assert_allclose(means, [2, 5])
+  # No binning only sorts.
+  edges, means = plot.bin_curve([3, 1, 2], [30, 10, 20], None)
+  np.testing.assert_array_equal(edges, [1, 2, 3])
+  np.testing.assert_array_equal(means, [10, 20, 30])
+
+
+def test_published_xs_are_upper_bin_edges():
+  # Binning the published curves again with their own width changes nothing.
+  for filename, bins in (('atari-dreamerv2.json', 1e6),
+                         ('dmc-vision-dreamerv2.json', 3e4)):
+    curves = plot.load_scores(SCORES / filename)
+    # The DMC file also holds summary curves over 1..100 instead of frames.
+    curves = [c for c in curves if not c['task'].startswith('stats_')]
+    for curve in curves[::10]:
+      xs, ys = plot.bin_curve(curve['xs'], curve['ys'], bins)
+      np.testing.assert_array_equal(xs, curve['xs'])
+      np.testing.assert_allclose(ys, curve['ys'])
+
+
+def test_seeds_are_aggregated_per_x():
+  curves = [
+      (np.array([10., 20., 30.]), np.array([1., 2., 3.])),
+      (np.array([10., 20., 30.]), np.array([3., 4., 11.])),
+      (np.array([10., 20.]), np.array([5., 9.])),  # Stopped early.
+  ]
+  xs, mean, low, high = plot.aggregate(curves, 'std1')
+  np.testing.assert_array_equal(xs, [10, 20, 30])
+  np.testing.assert_allclose(mean, [3, 5, 7])
+  std = np.array([np.std([1, 3, 5]), np.std([2, 4, 9]), np.std([3, 11])])
+  np.testing.assert_allclose(low, mean - std)
+  np.testing.assert_allclose(high, mean + std)
+  xs, median, low, high = plot.aggregate(curves, 'per0')
+  np.testing.assert_allclose(median, [3, 4, 7])
+  np.testing.assert_allclose(low, [1, 2, 3])
+  np.testing.assert_allclose(high, [5, 9, 11])
+  xs, median, low, high = plot.aggregate(curves, 'per25')
+  np.testing.assert_allclose(low, [2, 3, 5])
+  np.testing.assert_allclose(high, [4, 6.5, 9])
+
+
+def test_task_method_and_seed_come_from_the_directory_levels(tmp_path):
+  write_run(tmp_path / 'a' / 'atari_pong' / 'dreamerv2' / '3',
+            [{'step': 4, 'eval_return': -20.0}])
+  write_run(tmp_path / 'b' / 'c' / 'dmc_walker_walk' / 'mine' / 'seed_a',
+            [{'step': 8, 'eval_return': 100.0}, {'step': 12, 'train_return': 1.0}])
+  runs = plot.load_runs([tmp_path], 'step', 'eval_return')
+  names = sorted((r['task'], r['method'], r['seed'], list(r['xs'])) for r in runs)
+  assert names == [('atari_pong', 'dreamerv2', '3', [4.0]),
+                   ('dmc_walker_walk', 'mine', 'seed_a', [8.0])]
+  # A y regex matching several keys gives one curve per key.
+  runs = plot.load_runs([tmp_path / 'b'], 'step', '.*_return')
+  assert sorted(r['method'] for r in runs) == [
+      'mine eval_return', 'mine train_return']
+
+
+def test_binned_output_read_back_as_baselines_gives_the_same_curves(tmp_path):
+  synthetic_tree(tmp_path / 'logdir')
+  main(['--indir', tmp_path / 'logdir', '--bins', '10',
+             '--outdir', tmp_path / 'first'])
+  first = json.loads((tmp_path / 'first' / 'curves.json').read_text())
+  assert len(first) == 2 * 2 * 3
+  pong = [c for c in first if c['task'] == 'atari_pong'
+          and c['method'] == 'mine' and c['seed'] == '2']
+  assert pong[0]['xs'] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+  # Steps 5 and 10 fall into (0, 10]: 2 + mean(0.05, 0.10).
+  assert pong[0]['ys'][0] == pytest.approx(2.075)
+  for bins in ('10', 'none'):
+    main(['--baselines', tmp_path / 'first' / 'curves.json',
+               '--bins', bins, '--outdir', tmp_path / 'second'])
+    second = json.loads((tmp_path / 'second' / 'curves.json').read_text())
+    assert second == first
+  assert (tmp_path / 'second' / 'curves.png').stat().st_size > 0
+  assert (tmp_path / 'second' / 'curves.pdf').stat().st_size > 0
+
+
+def test_published_dreamerv2_normalised_scores():
+  curves = plot.load_scores(SCORES / 'atari-dreamerv2.json')
+  reference = plot.load_reference(SCORES / 'baselines.json')
+  tasks = {c['task'] for c in curves}
+  # The 55 games of the paper. baselines.json holds 7 more Atari games, 6 of
+  # them without a human score (load_reference drops those).
+  assert len(tasks) == 55 and tasks <= set(reference)
+  assert len(json.loads((SCORES / 'baselines.json').read_text())) == 62
+  assert len(reference) == 56
+  # 11 seeds per game, under two labels ('dreamerv2' 8, 'nosched' 3); the
+  # paper's table pools them all, so pool them here too.
+  seeds = collections.Counter((c['task'], c['method']) for c in curves)
+  assert set(seeds.values()) == {8, 3}
+  for curve in curves:
+    curve['method'] = 'dreamerv2'
+  (stats,), missing = plot.normalised_scores(curves, reference)
+  assert missing == [] and stats['tasks'] == 55
+  assert stats['gamer_median'] == pytest.approx(2.246, abs=0.01)
+  assert stats['record_mean'] == pytest.approx(0.426, abs=0.01)
+  assert stats['clipped_record_mean'] == pytest.approx(0.272, abs=0.01)
+
+
+def test_stats_are_printed_and_written(tmp_path):
+  result = run_script(
+      '--baselines', SCORES / 'atari-dreamerv2.json', '--tasks', 'atari_p.*',
+      '--stats', '--outdir', tmp_path, '--name', 'pong')
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].split() == ['method', 'tasks', *plot.STATS]
+  stats = json.loads((tmp_path / 'pong_stats.json').read_text())
+  assert [s['method'] for s in stats] == ['dreamerv2', 'nosched']
+  # Phoenix, Pitfall, Pong, Private Eye.
+  assert [s['tasks'] for s in stats] == [4, 4]
+
+
+def test_published_curves_alone_without_tensorflow(tmp_path):
+  # As a script, from the repository root, and TensorFlow never loaded.
+  code = (
+      'import runpy, sys; '
+      f'sys.argv = ["common/plot.py", "--baselines", "scores/atari-dreamerv2.json", '
+      f'"--tasks", "atari_pong", "--outdir", "{tmp_path}"]; '
+      'runpy.run_path("common/plot.py", run_name="__main__"); '
+      'assert "tensorflow" not in sys.modules, "tensorflow was imported"')
+  subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=300)
+  curves = json.loads((tmp_path / 'curves.json').read_text())
+  assert len(curves) == 11 and {c['task'] for c in curves} == {'atari_pong'}
+  assert (tmp_path / 'curves.png').stat().st_size > 0
+
+
+def test_baselines_are_limited_to_the_plotted_tasks(tmp_path):
+  synthetic_tree(tmp_path / 'logdir', tasks=('atari_pong',), methods=('mine',))
+  main(['--indir', tmp_path / 'logdir', '--outdir', tmp_path / 'out',
+             '--baselines', SCORES / 'atari-dreamerv2.json'])
+  curves = json.loads((tmp_path / 'out' / 'curves.json').read_text())
+  assert {c['task'] for c in curves} == {'atari_pong'}
+  assert collections.Counter(c['method'] for c in curves) == {
+      'mine': 3, 'dreamerv2': 8, 'nosched': 3}
+
+
+@pytest.mark.parametrize('case, message', [
+    ('empty_indir', 'No metrics.jsonl under'),
+    ('missing_key', "No run has values for --yaxis 'eval_score'"),
+    ('no_match', 'No runs left after --tasks / --methods'),
+    ('bad_baselines', 'is not a score file'),
+    ('missing_baselines', 'Cannot read'),
+    ('bad_bins', "'ten' is not a bin width"),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path, case, message):
+  logdir = synthetic_tree(tmp_path / 'logdir', tasks=('atari_pong',),
+                          methods=('mine',), seeds=(1,))
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'bad.json').write_text('{"task": "atari_pong"}')
+  args = {
+      'empty_indir': ['--indir', tmp_path / 'empty'],
+      'missing_key': ['--indir', logdir, '--yaxis', 'eval_score'],
+      'no_match': ['--indir', logdir, '--tasks', 'atari_breakout'],
+      'bad_baselines': ['--baselines', tmp_path / 'bad.json'],
+      'missing_baselines': ['--baselines', tmp_path / 'nothing.json'],
+      'bad_bins': ['--indir', logdir, '--bins', 'ten'],
+  }[case]
+  result = run_script(*args, '--outdir', tmp_path / 'out')
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+  if case != 'bad_bins':  # argparse adds its usage line.
+    assert result.stderr.count('\n') == 1, result.stderr
+
+
+def test_an_unreadable_line_is_skipped_with_a_warning(tmp_path):
+  logdir = tmp_path / 'atari_pong' / 'mine' / '1'
+  write_run(logdir, [{'step': 1, 'eval_return': 1.0}, '{"step": 2, "eval_re',
+                     {'step': 3, 'eval_return': 3.0}])
+  result = run_script('--indir', tmp_path, '--outdir', tmp_path / 'out')
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.strip() == (
+      f'plot.py: warning: skipping unreadable line 2 of '
+      f'{logdir / "metrics.jsonl"}')
+  (curve,) = json.loads((tmp_path / 'out' / 'curves.json').read_text())
+  assert curve['xs'] == [1, 3] and curve['ys'] == [1, 3]
