@@ -95,11 +95,27 @@ class Conv(tf.Module):
   def __call__(self, x):
     x = cast(x)
     kernel = cast(self.kernel)
-    if self._transpose:
-      batch, height, width = tf.shape(x)[0], x.shape[1], x.shape[2]
-      size = lambda n: (n - 1) * self._stride + self._kernel
-      out_shape = [batch, size(height), size(width), self._out]
+    k, height, width = self._kernel, x.shape[1], x.shape[2]
+    if self._transpose and height == width == 1:
+      # From a 1x1 input the transposed conv is one matmul; TF's CPU kernel
+      # for this case is ~10x slower than the equivalent matmul.
+      inp = kernel.shape[-1]
+      kernel = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [inp, -1])
+      y = tf.reshape(tf.matmul(tf.reshape(x, [-1, inp]), kernel), [-1, k, k, self._out])
+    elif self._transpose:
+      size = lambda n: (n - 1) * self._stride + k
+      out_shape = [tf.shape(x)[0], size(height), size(width), self._out]
       y = tf.nn.conv2d_transpose(x, kernel, out_shape, self._stride, 'VALID')
+    elif (height - k) // self._stride + 1 <= 2 and (width - k) // self._stride + 1 <= 2:
+      # A conv with at most 2x2 outputs is a matmul over its input patches
+      # (TF's bfloat16 filter gradient is slow on such small maps).
+      rows, cols = (height - k) // self._stride + 1, (width - k) // self._stride + 1
+      s = self._stride
+      patches = tf.stack([x[:, i * s:i * s + k, j * s:j * s + k]
+                          for i in range(rows) for j in range(cols)], 1)
+      patches = tf.reshape(patches, [-1, k * k * x.shape[-1]])
+      y = tf.matmul(patches, tf.reshape(kernel, [-1, self._out]))
+      y = tf.reshape(y, [-1, rows, cols, self._out])
     else:
       y = tf.nn.conv2d(x, kernel, self._stride, 'VALID')
     return tf.nn.bias_add(y, cast(self.bias))
@@ -462,12 +478,16 @@ class RSSM(tf.Module):
     embed_out = embed_out + cast(self.obs_out.bias)                  # [B, T, H]
     stoch, deter = cast(self._flat(state['stoch'])), state['deter']
     posts, deters = [], []
+    # Unstacking once keeps the backward pass to one op (slicing per step
+    # would add a full-size gradient tensor per step).
+    keeps, act_ins, embed_outs = (
+        tf.unstack(x, length, 1) for x in (keep, act_in, embed_out))
     for t in range(length):
-      mask = keep[:, t, None]
+      mask = keeps[t][:, None]
       stoch, deter = stoch * cast(mask), deter * mask
-      x = self._hidden(tf.matmul(stoch, stoch_in) + act_in[:, t], self.img_in_norm)
+      x = self._hidden(tf.matmul(stoch, stoch_in) + act_ins[t], self.img_in_norm)
       deter = self.cell(x, deter)
-      x = tf.matmul(cast(deter), deter_out) + embed_out[:, t]
+      x = tf.matmul(cast(deter), deter_out) + embed_outs[t]
       stats = self._stats(self._hidden(x, self.obs_out_norm), self.obs_dist)
       post_stoch = self._sample(stats, sample)
       stoch = self._flat(post_stoch)
