@@ -62,10 +62,12 @@ def _glorot(shape, fan_in, fan_out):
 
 class Dense(tf.Module):
 
-  def __init__(self, inp, out, bias=True, name=None):
+  def __init__(self, inp, out, bias=True, trainable=True, name=None):
     super().__init__(name=name)
-    self.kernel = tf.Variable(_glorot([inp, out], inp, out), name='kernel')
-    self.bias = tf.Variable(tf.zeros([out]), name='bias') if bias else None
+    self.kernel = tf.Variable(
+        _glorot([inp, out], inp, out), trainable=trainable, name='kernel')
+    self.bias = tf.Variable(
+        tf.zeros([out]), trainable=trainable, name='bias') if bias else None
 
   def __call__(self, x):
     x = cast(x)
@@ -124,10 +126,10 @@ class Conv(tf.Module):
 class LayerNorm(tf.Module):
   """Layer norm over the last axis, computed in float32."""
 
-  def __init__(self, size, eps=1e-3, name=None):
+  def __init__(self, size, eps=1e-3, trainable=True, name=None):
     super().__init__(name=name)
-    self.scale = tf.Variable(tf.ones([size]), name='scale')
-    self.offset = tf.Variable(tf.zeros([size]), name='offset')
+    self.scale = tf.Variable(tf.ones([size]), trainable=trainable, name='scale')
+    self.offset = tf.Variable(tf.zeros([size]), trainable=trainable, name='offset')
     self._eps = eps
 
   def __call__(self, x):
@@ -138,23 +140,23 @@ class LayerNorm(tf.Module):
     return tf.cast(x, dtype)
 
 
-def Norm(kind, size, name=None):
+def Norm(kind, size, trainable=True):
   if kind == 'none':
     return None
   if kind == 'layer':
-    return LayerNorm(size, name=name)
+    return LayerNorm(size, trainable=trainable)
   raise ValueError(f'unknown norm {kind!r} (accepted: none, layer)')
 
 
 class DenseStack(tf.Module):
   """Dense -> norm -> activation, `len(units)` times."""
 
-  def __init__(self, inp, units, act='elu', norm='none', name=None):
+  def __init__(self, inp, units, act='elu', norm='none', trainable=True, name=None):
     super().__init__(name=name)
     self.layers, self.norms = [], []
     for width in units:
-      self.layers.append(Dense(inp, width))
-      self.norms.append(Norm(norm, width))
+      self.layers.append(Dense(inp, width, trainable=trainable))
+      self.norms.append(Norm(norm, width, trainable))
       inp = width
     self.size = inp
     self._act = get_act(act)
@@ -171,14 +173,15 @@ class DenseStack(tf.Module):
 class DistHead(tf.Module):
   """Maps features to a distribution over an output of `shape`."""
 
-  def __init__(self, inp, shape, dist='mse', min_std=0.1, init_std=0.0, name=None):
+  def __init__(self, inp, shape, dist='mse', min_std=0.1, init_std=0.0,
+               trainable=True, name=None):
     super().__init__(name=name)
     self._shape = tuple(shape)
     self._dist, self._min_std, self._init_std = dist, min_std, init_std
     size = int(np.prod(self._shape))
-    self.out = Dense(inp, size)
+    self.out = Dense(inp, size, trainable=trainable)
     if dist in ('normal', 'tanh_normal', 'trunc_normal'):
-      self.std = Dense(inp, size)
+      self.std = Dense(inp, size, trainable=trainable)
     elif dist not in ('mse', 'binary', 'onehot'):
       raise ValueError(
           f'unknown dist {dist!r} (accepted: mse, binary, onehot, normal, '
@@ -206,11 +209,12 @@ class DistHead(tf.Module):
 class MLP(tf.Module):
   """The heads: `layers` x `units` dense stack, then a distribution."""
 
-  def __init__(self, inp, shape, layers, units, act='elu', norm='none', name=None, **out):
+  def __init__(self, inp, shape, layers, units, act='elu', norm='none',
+               trainable=True, name=None, **out):
     super().__init__(name=name)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    self.stack = DenseStack(inp, [units] * layers, act, norm)
-    self.head = DistHead(self.stack.size, shape, **out)
+    self.stack = DenseStack(inp, [units] * layers, act, norm, trainable)
+    self.head = DistHead(self.stack.size, shape, trainable=trainable, **out)
 
   def __call__(self, features):
     return self.head(self.stack(features))

@@ -21,6 +21,9 @@ class Optimizer(tf.Module):
   scaling; their reported scale is 1).
   """
 
+  # The optimized variables belong to their modules: not tracked here again.
+  _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {'params'}
+
   def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=None,
                opt='adam', wd_pattern=r'.*', beta1=0.9, beta2=0.999):
     super().__init__(name=name)
@@ -48,7 +51,10 @@ class Optimizer(tf.Module):
   def __call__(self, tape, loss):
     """Applies the gradient of `loss` (a float32 scalar recorded on `tape`)."""
     loss = tf.cast(loss, tf.float32)
-    scaled = loss * self.loss_scale if self._scaling else loss
+    scaled = loss
+    if self._scaling:
+      with tape:  # The scaling must be recorded for its gradient to exist.
+        scaled = loss * self.loss_scale
     grads = tape.gradient(scaled, self.params)
     grads = [tf.zeros_like(v) if g is None else tf.cast(g, tf.float32)
              for g, v in zip(grads, self.params)]
@@ -122,7 +128,14 @@ def schedule(string):
         f'bad schedule {string!r}: use a number or one of '
         'linear(a,b,n), warmup(a,n), exp(a,b,halflife), horizon(a,b,n)')
   kind = match.group(1)
-  args = [float(x) for x in match.group(2).split(',')]
+  try:
+    args = [float(x) for x in match.group(2).split(',')]
+  except ValueError:
+    args = None
+  if args is None or len(args) != {'warmup': 2}.get(kind, 3):
+    raise ValueError(
+        f'bad schedule {string!r}: {kind} takes '
+        f'{ {"warmup": 2}.get(kind, 3)} numbers, e.g. linear(3e-3,3e-4,2.5e6)')
   def fraction(step, duration):
     return tf.clip_by_value(tf.cast(step, tf.float32) / duration, 0, 1)
   if kind == 'linear':
@@ -176,9 +189,11 @@ def named_variables(module):
   """All variables of a module as {attribute path: variable}, in a fixed order."""
   flat = module._flatten(
       predicate=lambda v: isinstance(v, tf.Variable), with_path=True)
-  named = {}
+  named, seen = {}, set()
   for path, var in flat:
-    named['/'.join(str(p) for p in path)] = var
+    if id(var) not in seen:  # A variable reachable twice is stored once.
+      seen.add(id(var))
+      named['/'.join(str(p) for p in path)] = var
   return named
 
 

@@ -31,7 +31,7 @@ class Agent(tf.Module):
     behavior = EXPL_BEHAVIORS[config.expl_behavior]
     reward = lambda seq: self.wm.heads['reward'](seq['feat']).mode()
     if behavior == 'greedy':
-      self._expl_behavior = self._task_behavior
+      self._expl_behavior = None  # The task actor explores.
     else:
       self._expl_behavior = {
           'random': expl.Random, 'plan2explore': expl.Plan2Explore,
@@ -71,7 +71,7 @@ class Agent(tf.Module):
       action = self._task_behavior.actor(feat).mode()
       noise = self.config.eval_noise
     elif mode == 'explore':
-      action = self._expl_behavior.actor(feat).sample()
+      action = (self._expl_behavior or self._task_behavior).actor(feat).sample()
       noise = self.config.expl_noise
     else:
       action = self._task_behavior.actor(feat).sample()
@@ -93,7 +93,7 @@ class Agent(tf.Module):
     reward = lambda seq: self.wm.heads['reward'](seq['feat']).mode()
     metrics.update(self._task_behavior.train(
         self.wm, start, data['is_terminal'], reward))
-    if self._expl_behavior is not self._task_behavior:
+    if self._expl_behavior:
       mets = self._expl_behavior.train(start, outputs, data)
       metrics.update({'expl_' + k: v for k, v in mets.items()})
     return metrics
@@ -261,7 +261,7 @@ class ActorCritic(tf.Module):
     self.actor = nets.MLP(feat_size, action_size, **actor)
     self.critic = nets.MLP(feat_size, [], **config.critic)
     if config.slow_target:
-      self._target_critic = nets.MLP(feat_size, [], **config.critic)
+      self._target_critic = nets.MLP(feat_size, [], trainable=False, **config.critic)
       self._updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     else:
       self._target_critic = self.critic

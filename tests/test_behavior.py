@@ -1,0 +1,382 @@
+"""Learning behaviours in imagination (paper, section 3): lambda-returns,
+where the actor and critic gradients go, terminal weights, the slow critic,
+exploration, the agent's update and policy, and schedules."""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import tfutils
+from dreamerv2 import agent as agent_lib
+
+import dreamer_helpers as H
+
+HORIZON = 5
+
+
+@pytest.fixture(autouse=True)
+def float32():
+  with H.precision(32):
+    yield
+
+
+# Lambda returns --------------------------------------------------------------
+
+
+def lambda_return_loop(reward, value, pcont, bootstrap, lambda_):
+  """R_t = r_t + d_t ((1 - lambda) v_{t+1} + lambda R_{t+1}), R_T = bootstrap."""
+  steps = len(reward)
+  returns = np.zeros_like(reward)
+  next_return = bootstrap
+  for t in reversed(range(steps)):
+    next_value = value[t + 1] if t + 1 < steps else bootstrap
+    returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * next_value + lambda_ * next_return)
+    next_return = returns[t]
+  return returns
+
+
+def random_rollout(seed=0, steps=7, batch=5):
+  rng = np.random.default_rng(seed)
+  reward = rng.normal(size=(steps, batch)).astype(np.float32)
+  value = rng.normal(size=(steps, batch)).astype(np.float32)
+  pcont = rng.uniform(0.5, 1.0, (steps, batch)).astype(np.float32)
+  bootstrap = rng.normal(size=batch).astype(np.float32)
+  return reward, value, pcont, bootstrap
+
+
+@pytest.mark.parametrize('lambda_', [0.95, 0.5])
+def test_lambda_return_equals_the_recursive_definition(lambda_):
+  reward, value, pcont, bootstrap = random_rollout()
+  got = agent_lib.lambda_return(reward, value, pcont, bootstrap, lambda_)
+  assert got.shape == (7, 5)
+  np.testing.assert_allclose(
+      got, lambda_return_loop(reward, value, pcont, bootstrap, lambda_), rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_one_is_the_discounted_monte_carlo_return_plus_bootstrap():
+  reward, value, pcont, bootstrap = random_rollout(1)
+  got = agent_lib.lambda_return(reward, value, pcont, bootstrap, 1.0).numpy()
+  steps = len(reward)
+  for t in range(steps):
+    expected, discount = 0.0, 1.0
+    for k in range(t, steps):
+      expected = expected + discount * reward[k]
+      discount = discount * pcont[k]
+    expected = expected + discount * bootstrap
+    np.testing.assert_allclose(got[t], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_zero_is_the_one_step_td_target():
+  reward, value, pcont, bootstrap = random_rollout(2)
+  got = agent_lib.lambda_return(reward, value, pcont, bootstrap, 0.0).numpy()
+  next_value = np.concatenate([value[1:], bootstrap[None]], 0)
+  np.testing.assert_allclose(got, reward + pcont * next_value, rtol=1e-6, atol=1e-6)
+
+
+def assert_one_hot(action):
+  # Straight-through samples: one_hot + probs - stop_gradient(probs) is 1 up to rounding.
+  action = np.asarray(action)
+  np.testing.assert_allclose(action, np.eye(action.shape[-1])[action.argmax(-1)], atol=1e-6)
+
+
+# Gradients in imagination ----------------------------------------------------
+
+
+def imagination_setup(discrete=True, seed=0, **updates):
+  """A world model, an actor-critic and start states from a replay batch."""
+  config = H.tiny_config(imag_horizon=HORIZON, **updates)
+  obs = H.obs_space(vector=5)
+  act = H.act_space(discrete, 3)
+  tf.random.set_seed(seed)
+  tfstep = tf.Variable(0, dtype=tf.int64, trainable=False)
+  wm = agent_lib.WorldModel(config, obs, 3, tfstep)
+  ac = agent_lib.ActorCritic(config, 3, discrete, wm.feat_size, tfstep)
+  data = H.batch(obs, act, 3, 6, seed=seed, terminal_at=(5,))
+  _, outputs, _ = wm.loss(data)
+  start = {k: tf.stop_gradient(v) for k, v in outputs['post'].items()}
+  return config, wm, ac, start, data
+
+
+def reward_fn(wm):
+  return lambda seq: wm.heads['reward'](seq['feat']).mode()
+
+
+def imagine_losses(wm, ac, start, data):
+  """The actor and critic losses of one ActorCritic update, recorded on one
+  persistent tape (so every path from every variable is visible)."""
+  with tf.GradientTape(persistent=True) as tape:
+    seq = wm.imagine(ac.actor, start, data['is_terminal'], HORIZON)
+    seq['reward'], _ = ac.rewnorm(reward_fn(wm)(seq))
+    target, _ = ac.target(seq)
+    actor_loss, _ = ac.actor_loss(seq, target)
+    critic_loss, _ = ac.critic_loss(seq, target)
+  return tape, seq, actor_loss, critic_loss
+
+
+def grad_norms(tape, loss, variables):
+  grads = tape.gradient(loss, variables)
+  return [0.0 if g is None else float(tf.norm(g)) for g in grads]
+
+
+def others(ac, module):
+  """Variables of the actor-critic outside `module` (the other networks,
+  including the slow target critic)."""
+  own = {id(v) for v in module.trainable_variables}
+  return [v for v in ac.trainable_variables if id(v) not in own]
+
+
+def test_reinforce_actor_loss_reaches_only_the_actor():
+  _, wm, ac, start, data = imagination_setup(discrete=True, actor_grad='reinforce')
+  tape, _, actor_loss, _ = imagine_losses(wm, ac, start, data)
+  actor = grad_norms(tape, actor_loss, ac.actor.trainable_variables)
+  assert min(actor) > 0
+  assert max(grad_norms(tape, actor_loss, wm.trainable_variables)) == 0
+  assert max(grad_norms(tape, actor_loss, others(ac, ac.actor))) == 0
+
+
+def test_dynamics_backpropagation_reaches_the_actor_through_imagined_states():
+  # No entropy bonus: the only path from the loss to the actor is
+  # action -> next imagined state -> reward and value.
+  _, wm, ac, start, data = imagination_setup(
+      discrete=False, actor_grad='dynamics', actor_ent='0')
+  tape, _, actor_loss, _ = imagine_losses(wm, ac, start, data)
+  assert min(grad_norms(tape, actor_loss, ac.actor.trainable_variables)) > 0
+  # It flows through the prior's transition (the optimizer updates only the actor).
+  assert max(grad_norms(tape, actor_loss, wm.rssm.trainable_variables)) > 0
+  # The critic being trained is not part of the actor's objective.
+  assert max(grad_norms(tape, actor_loss, ac.critic.trainable_variables)) == 0
+
+
+@pytest.mark.parametrize('discrete', [True, False], ids=['onehot', 'trunc_normal'])
+def test_critic_loss_reaches_only_the_critic(discrete):
+  _, wm, ac, start, data = imagination_setup(discrete=discrete)
+  tape, _, _, critic_loss = imagine_losses(wm, ac, start, data)
+  assert min(grad_norms(tape, critic_loss, ac.critic.trainable_variables)) > 0
+  assert max(grad_norms(tape, critic_loss, wm.trainable_variables)) == 0
+  assert max(grad_norms(tape, critic_loss, others(ac, ac.critic))) == 0
+
+
+def test_steps_after_a_predicted_terminal_carry_no_weight():
+  _, wm, ac, start, data = imagination_setup()
+  # The discount head's output bias is its only variable of shape [1].
+  heads = tfutils.named_variables(wm.heads['discount'])
+  out_bias = [v for v in heads.values() if tuple(v.shape) == (1,)]
+  assert len(out_bias) == 1
+  out_bias[0].assign([-50.0])                    # predicted discount ~ 2e-22
+  seq = wm.imagine(ac.actor, start, data['is_terminal'], HORIZON)
+  weight = seq['weight'].numpy()                 # [H + 1, B * T]
+  assert weight.shape == (HORIZON + 1, 3 * 6)
+  np.testing.assert_array_equal(weight[0], 1.0)
+  # The first discount is the replay's: 0.99 unless the start state is terminal.
+  terminal = data['is_terminal'].numpy().reshape(-1)
+  np.testing.assert_allclose(weight[1], np.where(terminal, 0.0, 0.99), rtol=1e-6)
+  assert np.abs(weight[2:]).max() < 1e-20
+  # The critic ignores those steps: rewards of 1000 there change nothing.
+  reward = reward_fn(wm)(seq)
+  losses = []
+  for late in (0.0, 1e3):
+    seq['reward'] = tf.concat([reward[:2], tf.fill(tf.shape(reward[2:]), late)], 0)
+    target, _ = ac.target(seq)
+    losses.append(float(ac.critic_loss(seq, target)[0]))
+  assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_discounts_are_predicted_after_the_first_step():
+  _, wm, ac, start, data = imagination_setup()
+  seq = wm.imagine(ac.actor, start, data['is_terminal'], HORIZON)
+  disc, weight = seq['discount'].numpy(), seq['weight'].numpy()
+  expected = np.cumprod(np.concatenate([np.ones_like(disc[:1]), disc[:-1]], 0), 0)
+  np.testing.assert_allclose(weight, expected, rtol=1e-6)
+  assert seq['feat'].shape == (HORIZON + 1, 18, wm.feat_size)
+  assert seq['action'].shape == (HORIZON + 1, 18, 3)
+  np.testing.assert_array_equal(seq['action'][0], 0.0)
+
+
+# The slow target critic ------------------------------------------------------
+
+
+def critic_pairs(ac):
+  """[(critic variable, slow target variable)] matched by their path."""
+  named = {n: v for n, v in tfutils.named_variables(ac).items() if '_opt/' not in n}
+  critic_ids = {id(v) for v in ac.critic.variables}
+  critic = {n: v for n, v in named.items() if id(v) in critic_ids}
+  slow = {n: v for n, v in named.items() if 'target' in n.split('/')[0]}
+  pairs = []
+  for name, var in critic.items():
+    suffix = name.split('/', 1)[1]
+    match = [v for n, v in slow.items() if n.split('/', 1)[1] == suffix]
+    assert len(match) == 1, name
+    pairs.append((var, match[0]))
+  return pairs
+
+
+def test_slow_critic_is_copied_every_slow_target_update_updates():
+  _, wm, ac, start, data = imagination_setup(slow_target_update=2)
+  pairs = critic_pairs(ac)
+  assert len(pairs) == len(ac.critic.variables) > 0
+  equal = []
+  for _ in range(5):
+    ac.train(wm, start, data['is_terminal'], reward_fn(wm))
+    equal.append(all(np.array_equal(c.numpy(), s.numpy()) for c, s in pairs))
+  # Updates 0, 2, 4 end with a copy; after 1 and 3 the critic has moved on.
+  assert equal == [True, False, True, False, True]
+
+
+# Exploration -----------------------------------------------------------------
+
+
+def test_plan2explore_reward_is_zero_when_members_agree_and_grows_with_their_spread():
+  # A frozen ensemble (learning rate 0) so the reward is that of the set weights.
+  config = H.tiny_config(expl_behavior='plan2explore', expl_opt={'lr': 0.0, 'wd': 0.0})
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  tf.random.set_seed(0)
+  agent = agent_lib.Agent(config, obs, act)
+  data = H.batch(obs, act, 3, 6)
+  named = tfutils.named_variables(agent)
+  members = {n: v for n, v in named.items() if '/ensemble/' in n}
+  assert members and all(v.shape[0] == 3 for v in members.values())   # disag_models
+  # Members differ only in the last layer's kernel; everything else is shared,
+  # so the predictions of member k are shared + spread * (W_k - W_0) h.
+  layer = lambda name: int(re.search(r'(\d+)$', name).group(1))
+  last = max(layer(n) for n in members)
+  spread_kernel = [n for n in members if layer(n) == last and 'kernel' in n]
+  assert len(spread_kernel) == 1
+  spread_kernel = spread_kernel[0]
+  original = members[spread_kernel].numpy().copy()
+  for name, var in members.items():
+    var.assign(np.repeat(var.numpy()[:1], 3, 0))
+  initial = H.snapshot(agent)
+  rewards = {}
+  for spread in (0.0, 0.5, 1.0, 2.0):
+    for name, value in initial.items():
+      named[name].assign(value)
+    members[spread_kernel].assign(original[:1] + spread * (original - original[:1]))
+    tf.random.set_seed(1)
+    metrics = agent.train(data)
+    rewards[spread] = float(metrics['expl_reward_mean'])
+  assert abs(rewards[0.0]) < 1e-6 * rewards[1.0]
+  assert rewards[1.0] > 1e-3
+  assert rewards[0.5] / rewards[1.0] == pytest.approx(0.5, rel=1e-3)
+  assert rewards[2.0] / rewards[1.0] == pytest.approx(2.0, rel=1e-3)
+
+
+@pytest.mark.parametrize('behavior', [
+    'greedy', 'random', 'plan2explore', 'model_loss', 'Random', 'Plan2Explore', 'ModelLoss'])
+def test_each_exploration_behavior_trains_and_acts(behavior):
+  config = H.tiny_config(expl_behavior=behavior)
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  tf.random.set_seed(0)
+  agent = agent_lib.Agent(config, obs, act)
+  metrics = agent.train(H.batch(obs, act, 3, 6))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  expl = sorted(k for k in metrics if k.startswith('expl_'))
+  if behavior.lower().replace('_', '') in ('plan2explore', 'modelloss'):
+    assert {'expl_actor_loss', 'expl_critic_loss', 'expl_reward_mean'} <= set(expl), expl
+  else:
+    assert expl == []
+  obs_step = {'state': np.zeros((2, 5), np.float32), 'is_first': np.ones(2, bool)}
+  action, _ = agent.policy(obs_step, mode='explore')
+  assert_one_hot(action['action'])
+
+
+# The agent's update ----------------------------------------------------------
+
+METRICS = (
+    'model_loss', 'kl_loss', 'image_loss', 'reward_loss', 'discount_loss', 'model_kl',
+    'prior_ent', 'post_ent', 'actor_loss', 'actor_ent', 'actor_ent_scale', 'critic_loss',
+    'critic', 'critic_slow', 'critic_target', 'reward_mean', 'reward_std',
+    'model_grad_norm', 'model_loss_scale', 'actor_grad_norm', 'critic_grad_norm')
+
+
+def network_snapshot(agent, pattern):
+  """The trainable variables on paths matching `pattern` (optimizer
+  parameter lists and the slow critic left out)."""
+  named = tfutils.named_variables(agent)
+  trainable = {id(v) for v in agent.trainable_variables}
+  return {n: v.numpy().copy() for n, v in named.items()
+          if id(v) in trainable and re.search(pattern, n)
+          and '_opt/' not in n and 'target' not in n}
+
+
+@pytest.mark.parametrize('discrete', [True, False], ids=['onehot', 'trunc_normal'])
+def test_agent_update_reports_the_metrics_and_trains_model_actor_and_critic(discrete):
+  # No weight decay: a weight changes only if its gradient reached it.
+  nodecay = {'wd': 0.0}
+  config = H.tiny_config(model_opt=nodecay, actor_opt=nodecay, critic_opt=nodecay)
+  obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(discrete, 3)
+  tf.random.set_seed(0)
+  agent = agent_lib.Agent(config, obs, act)
+  parts = {'model': r'^wm/', 'actor': r'(^|/)actor/', 'critic': r'(^|/)critic/'}
+  before = {part: network_snapshot(agent, pattern) for part, pattern in parts.items()}
+  assert all(len(b) > 0 for b in before.values())
+  metrics = agent.train(H.batch(obs, act, 3, 6, terminal_at=(5,)))
+  missing = [k for k in METRICS if k not in metrics]
+  assert missing == []
+  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(float(v))}
+  assert bad == {}
+  assert float(metrics['actor_ent_scale']) == pytest.approx(2e-3)
+  assert float(metrics['model_loss_scale']) == 1.0            # float32: no scaling
+  for part, snapshot in before.items():
+    assert H.unchanged(snapshot, agent) == [], part
+
+
+# Acting ----------------------------------------------------------------------
+
+
+def test_policy_is_traced_once_per_mode_across_episode_starts_and_ends():
+  config = H.tiny_config(jit=True)
+  obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
+  tf.random.set_seed(0)
+  agent = agent_lib.Agent(config, obs, act)
+  rng = np.random.default_rng(0)
+  def observation(first):
+    return {'image': rng.integers(0, 256, (2, 64, 64, 1)).astype(np.uint8),
+            'reward': np.zeros(2, np.float32), 'is_first': np.array([first, False]),
+            'is_last': np.zeros(2, bool), 'is_terminal': np.zeros(2, bool)}
+  modes = ('train', 'eval', 'explore')
+  for mode in modes:                              # warm up: a start, then a step
+    _, state = agent.policy(observation(True), None, mode)
+    _, state = agent.policy(observation(False), state, mode)
+  traces = agent._policy.experimental_get_tracing_count()
+  assert traces == len(modes)                     # one trace per mode
+  state = None
+  for i in range(12):
+    action, state = agent.policy(observation(i % 4 == 0), state, modes[i % 3])
+    assert_one_hot(action['action'])
+  assert agent._policy.experimental_get_tracing_count() == traces
+
+
+def test_action_noise_replaces_one_hot_actions_and_perturbs_continuous_ones():
+  action = tf.one_hot(tf.zeros([4000], tf.int32), 4)
+  tf.random.set_seed(0)
+  noisy = agent_lib.action_noise(action, 0.4, discrete=True).numpy()
+  np.testing.assert_array_equal(noisy.sum(-1), 1.0)
+  # Replaced with probability 0.4 by a uniform action (which is 0 a quarter of the time).
+  assert (noisy.argmax(-1) != 0).mean() == pytest.approx(0.4 * 0.75, abs=0.03)
+  assert agent_lib.action_noise(action, 0.0, discrete=True) is action
+  continuous = agent_lib.action_noise(tf.fill([4000, 2], 0.9), 0.3, discrete=False).numpy()
+  assert continuous.max() <= 1.0 and continuous.min() >= -1.0
+  assert continuous.std() > 0.1
+
+
+# Schedules -------------------------------------------------------------------
+
+
+def at(schedule, steps):
+  return [float(schedule(tf.constant(step, tf.int64))) for step in steps]
+
+
+def test_schedules_parse_constants_linear_and_warmup():
+  assert at(tfutils.schedule('1e-3'), [0, 10 ** 6]) == pytest.approx([1e-3, 1e-3])
+  assert at(tfutils.schedule('linear(1,0,10)'), [0, 5, 10, 20]) == pytest.approx([1, 0.5, 0, 0])
+  assert at(tfutils.schedule('warmup(1,10)'), [0, 5, 10, 20]) == pytest.approx([0, 0.5, 1, 1])
+  assert at(tfutils.schedule(' linear(0.1, 0.3, 100) '), [50]) == pytest.approx([0.2])
+
+
+@pytest.mark.parametrize('bad', ['fast', 'linaer(1,0,10)', 'linear(1,0)', 'linear(a,b,c)', ''])
+def test_a_bad_schedule_raises_naming_it(bad):
+  with pytest.raises(ValueError) as info:
+    tfutils.schedule(bad)
+  assert repr(bad) in str(info.value)

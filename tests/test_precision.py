@@ -1,0 +1,202 @@
+"""Mixed precision (REFERENCE section 5, `precision: 16`): bfloat16 on a CPU
+computes the same losses as float32; float16 (GPU) scales the loss, skips
+steps whose gradients overflow and halves the scale after them.
+
+`nets.set_precision` is global: every test restores the previous dtype."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import nets
+from common import tfutils
+from dreamerv2 import agent as agent_lib
+
+import dreamer_helpers as H
+
+# Measured on 3 seeds of the model below: model_loss differs by 1.0e-4
+# (relative), each term by at most 0.3%, the gradients' cosine is 0.90-0.94.
+MODEL_LOSS_RTOL = 1e-3
+TERM_RTOL = 0.02
+MIN_GRAD_COSINE = 0.8
+
+
+@pytest.fixture(autouse=True)
+def restore_precision():
+  """Start each test in float32 and restore the dtype it found afterwards."""
+  with H.precision(32):
+    yield
+  assert nets.compute_dtype() == tf.float32
+
+
+def small_world_model(seed=0):
+  config = H.tiny_config(
+      rssm={'hidden': 64, 'deter': 64, 'stoch': 8, 'discrete': 8},
+      encoder={'cnn_depth': 8}, decoder={'cnn_depth': 8})
+  obs, act = H.obs_space(image=(64, 64, 1), vector=5), H.act_space(True, 3)
+  tf.random.set_seed(seed)
+  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  return wm, H.batch(obs, act, 4, 10, seed=seed, terminal_at=(9,))
+
+
+def loss_and_grads(wm, data, bits):
+  """Model loss, its terms and the gradient under `bits` precision on a CPU,
+  with the same latent samples (same seed)."""
+  with H.precision(bits, device='cpu') as dtype:
+    tf.random.set_seed(1)
+    with tf.GradientTape() as tape:
+      loss, _, metrics = wm.loss(data)
+    grads = tape.gradient(loss, wm.model_opt.params)
+  flat = np.concatenate([g.numpy().ravel() for g in grads])
+  terms = {k: float(v) for k, v in metrics.items()}
+  return dtype, float(loss), terms, flat
+
+
+def test_set_precision_selects_the_compute_dtype():
+  with H.precision(16, device='cpu') as dtype:
+    assert dtype == tf.bfloat16
+  with H.precision(16, device='gpu') as dtype:
+    assert dtype == tf.float16
+  assert nets.set_precision(32) == tf.float32
+  with pytest.raises(ValueError, match='8'):
+    nets.set_precision(8)
+
+
+def test_bfloat16_and_float32_losses_agree_on_the_same_batch_and_weights():
+  wm, data = small_world_model()
+  dtype32, loss32, terms32, grad32 = loss_and_grads(wm, data, 32)
+  dtype16, loss16, terms16, grad16 = loss_and_grads(wm, data, 16)
+  assert (dtype32, dtype16) == (tf.float32, tf.bfloat16)
+  assert loss16 != loss32                       # bfloat16 really was used
+  assert loss16 == pytest.approx(loss32, rel=MODEL_LOSS_RTOL)
+  for key in ('kl_loss', 'image_loss', 'state_loss', 'reward_loss', 'discount_loss',
+              'prior_ent', 'post_ent'):
+    assert terms16[key] == pytest.approx(terms32[key], rel=TERM_RTOL), key
+  # The image loss without its constant (0.5 log 2 pi per pixel) agrees too.
+  const = 64 * 64 * 0.5 * np.log(2 * np.pi)
+  assert terms16['image_loss'] - const == pytest.approx(terms32['image_loss'] - const, rel=0.01)
+  cosine = grad16 @ grad32 / np.linalg.norm(grad16) / np.linalg.norm(grad32)
+  assert cosine > MIN_GRAD_COSINE
+  assert np.linalg.norm(grad16) == pytest.approx(np.linalg.norm(grad32), rel=0.5)
+
+
+def test_weights_stay_float32_under_bfloat16_and_the_agent_trains():
+  with H.precision(16, device='cpu'):
+    config = H.tiny_config(precision=16)
+    obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
+    tf.random.set_seed(0)
+    agent = agent_lib.Agent(config, obs, act)
+    metrics = agent.train(H.batch(obs, act, 3, 6))
+  assert {v.dtype for v in agent.variables} <= {tf.float32, tf.int64}
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  for name in ('model', 'actor', 'critic'):
+    assert float(metrics[f'{name}_loss_scale']) == 1.0     # bfloat16 needs no scaling
+    assert float(metrics[f'{name}_grad_norm']) > 0, name
+
+
+# float16 loss scaling ----------------------------------------------------------
+
+
+def regression(seed=0):
+  """A tiny MLP regression: (model, inputs, targets)."""
+  tf.random.set_seed(seed)
+  mlp = nets.MLP(8, [], 2, 16)
+  x = tf.random.stateless_normal([32, 8], [seed, 1])
+  y = tf.random.stateless_normal([32], [seed, 2])
+  return mlp, x, y
+
+
+def step(mlp, opt, x, y, multiplier=1.0):
+  with tf.GradientTape() as tape:
+    loss = -tf.reduce_mean(mlp(x).log_prob(y)) * multiplier
+  return {k: float(v) for k, v in opt(tape, loss).items()}
+
+
+def float32_grad_norm(mlp, x, y):
+  with H.precision(32):
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(mlp(x).log_prob(y))
+    grads = tape.gradient(loss, mlp.trainable_variables)
+  return float(tf.linalg.global_norm(grads))
+
+
+def test_float16_step_whose_gradients_overflow_is_skipped_and_halves_the_loss_scale():
+  with H.precision(16, device='gpu'):
+    mlp, x, y = regression()
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    before = H.snapshot(mlp)
+    # 1e30 times the loss: its float16 gradients are inf.
+    metrics = step(mlp, opt, x, y, multiplier=1e30)
+    assert H.unchanged(before, mlp) == sorted(before)        # weights untouched
+    assert int(opt.skipped) == 1 and int(opt.updates) == 0
+    assert metrics['model_skipped_steps'] == 1.0
+    assert metrics['model_loss_scale'] == 2.0 ** 14              # 2^15 halved
+    assert not np.isfinite(metrics['model_grad_norm'])
+
+
+def test_float16_finite_step_applies_the_unscaled_gradient():
+  with H.precision(16, device='gpu'):
+    mlp, x, y = regression()
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    assert float(opt.loss_scale) == 2.0 ** 15
+    before = H.snapshot(mlp)
+    metrics = step(mlp, opt, x, y)
+  reference = float32_grad_norm_of_snapshot(before, x, y)
+  assert int(opt.updates) == 1 and int(opt.skipped) == 0
+  assert metrics['model_loss_scale'] == 2.0 ** 15                # unchanged after a good step
+  assert H.unchanged(before, mlp) == []                          # every weight moved
+  # The reported norm is of the true gradient: the loss scale divided out.
+  assert metrics['model_grad_norm'] == pytest.approx(reference, rel=0.02)
+
+
+def float32_grad_norm_of_snapshot(values, x, y):
+  """Gradient norm of the regression loss in float32 at the weights `values`."""
+  with H.precision(32):
+    mlp, _, _ = regression()
+    named = tfutils.named_variables(mlp)
+    for name, value in values.items():
+      named[name].assign(value)
+    return float32_grad_norm(mlp, x, y)
+
+
+def test_float16_loss_scale_halves_until_gradients_fit_then_doubles_after_2000_good_steps():
+  with H.precision(16, device='gpu'):
+    mlp, x, y = regression()
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    # A loss of ~1e3: scaled by 2^15 its gradients exceed float16's 65504.
+    scales = []
+    for _ in range(12):
+      metrics = step(mlp, opt, x, y, multiplier=1e3)
+      scales.append(metrics['model_loss_scale'])
+      if int(opt.updates):
+        break
+    assert int(opt.skipped) >= 1 and int(opt.updates) == 1
+    assert scales[:int(opt.skipped)] == [2.0 ** (15 - k) for k in range(1, int(opt.skipped) + 1)]
+    scale = float(opt.loss_scale)
+    assert int(opt.good_steps) == 1
+    opt.good_steps.assign(1999)          # as if 1999 good steps had passed
+    step(mlp, opt, x, y)
+    assert float(opt.loss_scale) == 2 * scale and int(opt.good_steps) == 0
+
+
+def test_float16_agent_update_learns():
+  # Default precision 16 on a GPU runs float16 with loss scaling.
+  with H.precision(16, device='gpu'):
+    config = H.tiny_config(precision=16)
+    obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
+    tf.random.set_seed(0)
+    agent = agent_lib.Agent(config, obs, act)
+    data = H.batch(obs, act, 3, 6)
+    before = H.trainable_snapshot(agent.wm)
+    # The first steps may overflow at the initial scale 2^15 and be skipped.
+    for _ in range(3):
+      metrics = agent.train(data)
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  for name in ('model', 'actor', 'critic'):
+    assert float(metrics[f'{name}_skipped_steps']) <= 1, name
+    assert float(metrics[f'{name}_loss_scale']) in (2.0 ** 15, 2.0 ** 14), name
+    assert float(metrics[f'{name}_grad_norm']) > 0, name
+  # Weight decay alone (1e-6) moves a weight by far less than 1e-5.
+  now = H.trainable_snapshot(agent.wm)
+  moved = [n for n in before if np.abs(now[n] - before[n]).max() > 1e-5]
+  assert len(moved) == len(before)
