@@ -1,0 +1,273 @@
+"""dreamerv2/train.py end to end: what a run writes, resuming after a kill,
+Ctrl-C, and the errors users see before anything starts.
+
+Runs use Pong with a tiny model and 50-step episodes; one agent step is 4
+env frames, so the logged steps are multiples of 4.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = {
+    'configs': 'defaults atari debug', 'jit': True, 'precision': 32,
+    'rssm.deter': 32, 'rssm.hidden': 32, 'rssm.stoch': 4, 'rssm.discrete': 4,
+    'encoder.cnn_depth': 4, 'decoder.cnn_depth': 4,
+    'reward_head.layers': 1, 'reward_head.units': 16,
+    'discount_head.layers': 1, 'discount_head.units': 16,
+    'actor.layers': 1, 'actor.units': 16, 'critic.layers': 1, 'critic.units': 16,
+    'imag_horizon': 5, 'dataset.batch': 4, 'dataset.length': 10,
+    'time_limit': 50, 'prefill': 100, 'log_every': 100, 'eval_every': 200}
+# A Python that reports at exit whether TensorFlow was imported.
+TRACKED = (
+    'import atexit, runpy, sys; '
+    'atexit.register(lambda: sys.stderr.write('
+    '"TF_LOADED=%s\\n" % ("tensorflow" in sys.modules))); '
+    'sys.argv = ["dreamerv2/train.py"] + sys.argv[1:]; '
+    'runpy.run_path("dreamerv2/train.py", run_name="__main__")')
+
+
+def command(logdir, flags):
+  """train.py with the tiny config, `flags` ({key: value}) set over it."""
+  argv = [sys.executable, 'dreamerv2/train.py', '--logdir', str(logdir)]
+  for key, value in {**TINY, **flags}.items():
+    argv += [f'--{key}', *str(value).split()]
+  return argv
+
+
+def train(logdir, flags):
+  return subprocess.run(
+      command(logdir, flags), cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def start(logdir, flags, **kwargs):
+  """The run in the background, its output in logdir.parent / 'out.txt'."""
+  out = open(pathlib.Path(logdir).parent / 'out.txt', 'a')
+  return subprocess.Popen(
+      command(logdir, flags), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+      **kwargs)
+
+
+def wait_for(condition, process, timeout=240):
+  deadline = time.time() + timeout
+  while not condition():
+    assert process.poll() is None, f'the run exited early ({process.returncode})'
+    assert time.time() < deadline, 'timed out'
+    time.sleep(0.1)
+
+
+def read_metrics(logdir):
+  path = pathlib.Path(logdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_episode(path):
+  with np.load(path) as data:
+    return {key: data[key] for key in data.keys()}
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  logdir = tmp_path_factory.mktemp('run') / 'pong'
+  result = train(logdir, {'steps': 400})
+  assert result.returncode == 0, result.stdout + result.stderr
+  return logdir, result
+
+
+def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(finished_run):
+  logdir, result = finished_run
+  from common import config as config_lib
+  config = config_lib.Config.load(logdir / 'config.yaml')
+  assert (config.task, config.rssm.deter, config.action_repeat) == ('atari_pong', 32, 4)
+  metrics = read_metrics(logdir)
+  keys = set().union(*metrics)
+  for key in ('train_return', 'train_length', 'eval_return', 'eval_length',
+              'model_loss', 'kl_loss', 'image_loss', 'actor_loss', 'critic_loss',
+              'fps', 'model_skipped_steps'):
+    assert key in keys, key
+  # Steps are env frames: agent steps x action_repeat 4, up to 400 x 4.
+  steps = [line['step'] for line in metrics]
+  assert all(step % 4 == 0 for step in steps)
+  assert max(steps) == 1600 and steps == sorted(steps)
+  assert [line['train_length'] for line in metrics if 'train_length' in line] == [50] * 8
+  episodes = sorted((logdir / 'train_episodes').glob('*.npz'))
+  assert sum(len(load_episode(path)['action']) - 1 for path in episodes) == 400
+  assert len(list((logdir / 'eval_episodes').glob('*.npz'))) == 2  # At steps 100, 200.
+  with open(logdir / 'variables.pkl', 'rb') as f:
+    variables = pickle.load(f)
+  assert any('model_opt' in name for name in variables)
+  assert 'Precision 32: float32 on CPU' in result.stdout
+  assert 'Finished 400 steps' in result.stdout
+
+
+def test_tensorboard_has_scalars_and_gif_videos(finished_run):
+  tf = pytest.importorskip('tensorflow')
+  logdir, _ = finished_run
+  scalars, gifs = {}, {}
+  for filename in logdir.glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(filename)):
+      for value in event.summary.value:
+        if value.HasField('image'):
+          gifs[value.tag] = value.image.encoded_image_string
+        elif value.metadata.plugin_data.plugin_name == 'scalars':
+          scalars.setdefault(value.tag, []).append(
+              (event.step, float(tf.make_ndarray(value.tensor))))
+  assert scalars['train_length'][0] == (200, 50.0)
+  assert {'model_loss', 'eval_return'} <= set(scalars)
+  # Policy videos of episodes, and the open-loop prediction of the model.
+  assert {'train_policy_image', 'eval_policy_image', 'train_openl_image'} <= set(gifs)
+  assert all(gif.startswith(b'GIF8') for gif in gifs.values())
+
+
+def test_resume_with_other_model_sizes_stops_with_the_mismatch(finished_run, tmp_path):
+  logdir = tmp_path / 'pong'
+  shutil.copytree(finished_run[0], logdir)
+  saved = (logdir / 'config.yaml').read_text()
+  result = train(logdir, {'steps': 800, 'rssm.deter': 48})
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert 'rssm.deter: 32 -> 48' in result.stdout  # The overrides are reported.
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith('error: checkpoint') and '(48, 16) vs model (64, 16)' in error
+  assert 'rssm.deter: 32 -> 48' in error
+  assert 'Traceback' not in result.stderr
+  assert (logdir / 'config.yaml').read_text() == saved
+
+
+def test_kill_9_loses_no_episode_and_the_restart_continues(tmp_path):
+  logdir = tmp_path / 'pong'
+  flags = {'steps': 600}
+  process = start(logdir, flags)
+  try:
+    wait_for(lambda: (logdir / 'variables.pkl').exists(), process)
+    time.sleep(0.5)
+  finally:
+    process.kill()  # SIGKILL
+    process.wait()
+  before = read_metrics(logdir)
+  lines_before = (logdir / 'metrics.jsonl').read_text().splitlines()
+  episodes = sorted((logdir / 'train_episodes').glob('*.npz'))
+  stored = sum(len(load_episode(path)['action']) - 1 for path in episodes)
+  assert stored >= 200 and before
+
+  result = train(logdir, flags)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f'{stored} steps stored' in result.stdout
+  for path in episodes:  # Every episode before the kill still loads.
+    assert len(load_episode(path)['action']) == 51
+  lines = (logdir / 'metrics.jsonl').read_text().splitlines()
+  assert lines[:len(lines_before)] == lines_before
+  after = [json.loads(line) for line in lines[len(lines_before):]]
+  # The counter continues at the stored steps: at or after the last finished
+  # episode. Steps of the episode cut by the kill were never stored, so a
+  # training line logged during it may carry a later step than the restart.
+  assert after[0]['step'] == stored * 4
+  episode_ends = [line['step'] for line in before if 'train_length' in line]
+  assert after[0]['step'] >= max(episode_ends)
+  assert max(line['step'] for line in after) == 600 * 4
+  total = sum(1 for _ in (logdir / 'train_episodes').glob('*.npz'))
+  assert total == 12  # 600 steps in episodes of 50.
+
+
+def test_ctrl_c_saves_the_checkpoint_and_exits_0(tmp_path):
+  logdir = tmp_path / 'pong'
+  # Env processes too: a terminal's Ctrl-C reaches the whole process group.
+  process = start(
+      logdir, {'steps': 1e5, 'eval_every': 1e4, 'envs_parallel': 'process'},
+      start_new_session=True)
+  try:
+    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)), process)
+    assert not (logdir / 'variables.pkl').exists()
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  out = (tmp_path / 'out.txt').read_text()
+  assert process.returncode == 0, out
+  assert 'saved checkpoint' in out and 'Traceback' not in out
+  with open(logdir / 'variables.pkl', 'rb') as f:
+    assert pickle.load(f)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--task', 'atari_pongg'], 'atari_pong'),
+    (['--task', 'walker_walk'], 'SUITE_NAME'),
+    (['--expl_behavior', 'curious'], 'greedy, random, plan2explore, model_loss'),
+    (['--actor_grad', 'policy'], 'auto, reinforce, dynamics, both'),
+    (['--envs_parallel', 'fork'], 'none, thread, process'),
+    (['--precision', '8'], '16, 32'),
+    (['--nosuchkey', '1'], 'nosuchkey'),
+    (['--logdir', '/proc/x/run'], '/proc/x/run'),
+    (['--logdir', ''], '--logdir'),
+])
+def test_bad_inputs_exit_2_before_tensorflow_loads(tmp_path, flags, message):
+  logdir = tmp_path / 'run'
+  if flags[0] != '--logdir':
+    flags = ['--logdir', str(logdir), *flags]
+  result = subprocess.run(
+      [sys.executable, '-c', TRACKED, '--configs', 'defaults', 'atari', *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == 'TF_LOADED=False'
+  assert len(lines) == 2 and lines[0].startswith('error: '), result.stderr
+  assert message in lines[0]
+  assert not logdir.exists()  # Nothing was written.
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec('dm_control') is None, reason='needs dm_control')
+def test_dmc_trains_with_its_envs_in_processes(tmp_path):
+  # MuJoCo's EGL renderer and TensorFlow crash when loaded into one process.
+  logdir = tmp_path / 'walker'
+  flags = {'configs': 'defaults dmc_vision debug', 'task': 'dmc_walker_walk',
+           'steps': 150, 'eval_every': 100, 'log_every': 50, 'pretrain': 1}
+  result = train(logdir, flags)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'DMC envs run in processes' in result.stdout
+  from common import config as config_lib
+  assert config_lib.Config.load(logdir / 'config.yaml').envs_parallel == 'process'
+  metrics = {k: v for line in read_metrics(logdir) for k, v in line.items()}
+  assert {'train_return', 'eval_return', 'model_loss'} <= set(metrics)
+  # Action repeat 2: 150 agent steps are 300 frames.
+  assert max(line['step'] for line in read_metrics(logdir)) == 300
+
+
+def test_the_accepted_expl_behaviors_are_those_of_the_agent():
+  from dreamerv2 import agent
+  from dreamerv2 import train as train_lib
+  assert set(train_lib.EXPL_BEHAVIORS) == set(agent.EXPL_BEHAVIORS)
+
+
+@pytest.mark.parametrize('behavior, actor_grad', [
+    ('random', 'dynamics'), ('plan2explore', 'both'), ('model_loss', 'reinforce')])
+def test_each_exploration_and_actor_gradient_trains(tmp_path, behavior, actor_grad):
+  logdir = tmp_path / 'pong'
+  result = train(logdir, {
+      'steps': 150, 'expl_behavior': behavior, 'actor_grad': actor_grad,
+      'disag_models': 2, 'expl_head.layers': 1, 'expl_head.units': 16})
+  assert result.returncode == 0, result.stdout + result.stderr
+  metrics = {k: v for line in read_metrics(logdir) for k, v in line.items()}
+  assert np.isfinite(metrics['actor_loss'])
+  expl = {k for k in metrics if k.startswith('expl_')}
+  if behavior == 'random':
+    assert not expl
+  else:
+    assert {'expl_actor_loss', 'expl_critic_loss', 'expl_expl_loss'} <= expl
+  if actor_grad == 'both':
+    assert 'actor_grad_mix' in metrics
+  if actor_grad == 'dynamics':
+    assert 'actor_advantage_mean' not in metrics
