@@ -2,7 +2,7 @@
 #
 #   make venv        .venv with requirements.txt (again only when it changes)
 #   make train       Pong with the atari config; LOGDIR=... to choose the run
-#   make test        the fast tests (pytest.ini skips the `slow` marker)
+#   make test        the fast tests, with the extras (pytest.ini skips the `slow` marker)
 #   make test-slow   the long checks (learning curves, long runs)
 #   make extras      dm_control, MuJoCo, Crafter and MiniGrid on top of venv
 
@@ -40,8 +40,9 @@ define pytest
 	exit $$status
 endef
 
-test: venv
+# The tests cover the optional environments too, so they install the extras.
+test: extras
 	@$(call pytest,)
 
-test-slow: venv
+test-slow: extras
 	@$(call pytest,-m slow)
