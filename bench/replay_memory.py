@@ -9,6 +9,7 @@ past its capacity so that eviction runs, then measures:
   - batches per second through `replay.dataset` at 16x50 and 50x50.
 Prints one JSON line. Example:
   .venv/bin/python bench/replay_memory.py --steps 200000
+  .venv/bin/python bench/replay_memory.py --quick   # small fill, seconds, for CI
 """
 
 import argparse
@@ -105,7 +106,15 @@ def main():
   parser.add_argument('--episode_length', type=int, default=1000)
   parser.add_argument('--batches', type=int, default=200,
                       help='batches timed per throughput figure')
+  parser.add_argument('--long_episode', type=int, default=27000,
+                      help='steps of the episode whose save is timed')
+  parser.add_argument('--quick', action='store_true',
+                      help='small sizes: checks that the figures exist')
   args = parser.parse_args()
+  if args.quick:
+    args.steps, args.episode_length, args.batches = 5000, 200, 20
+    args.long_episode = 1000
+  long_name = f'{args.long_episode / 1000:g}k'  # save_s_27k_step_episode
   rng = np.random.default_rng(0)
 
   with tempfile.TemporaryDirectory() as root:
@@ -128,11 +137,11 @@ def main():
         for value in episode.values()) / 2 ** 20
     stats = replay.stats
 
-    long_episode = atari_like_episode(rng, 27000)
-    raw_27k = sum(value.nbytes for value in long_episode.values())
-    save_27k, save_per_1k, size_27k = save_seconds_per_1k(
+    long_episode = atari_like_episode(rng, args.long_episode)
+    raw_long = sum(value.nbytes for value in long_episode.values())
+    save_long, save_per_1k, size_long = save_seconds_per_1k(
         directory, long_episode)
-    noise = atari_like_episode(rng, 5000)
+    noise = atari_like_episode(rng, min(5000, args.long_episode))
     noise['image'] = rng.integers(0, 256, noise['image'].shape, np.uint8)
     _, save_noise_per_1k, _ = save_seconds_per_1k(directory, noise)
     del long_episode, noise
@@ -161,11 +170,11 @@ def main():
           growth / stats['loaded_steps'] * 1e6 / FRAMES_PER_STEP, 1),
       'frames_per_agent_step': FRAMES_PER_STEP,
       'fill_steps_per_s': round(stats['total_steps'] / fill_seconds),
-      'save_s_27k_step_episode': round(save_27k, 3),
+      f'save_s_{long_name}_step_episode': round(save_long, 3),
       'save_s_per_1k_steps': round(save_per_1k, 4),
       'save_s_per_1k_steps_noise_images': round(save_noise_per_1k, 4),
-      'file_mb_27k_step_episode': round(size_27k / 2 ** 20, 2),
-      'compression_ratio': round(raw_27k / size_27k, 1),
+      f'file_mb_{long_name}_step_episode': round(size_long / 2 ** 20, 2),
+      'compression_ratio': round(raw_long / size_long, 1),
       'reload_s_per_1k_steps': round(
           reload_seconds / stats['loaded_steps'] * 1000, 4),
       'batches_per_s_16x50': round(fast_16, 1),

@@ -238,8 +238,12 @@ def main():
   result['replay_batches_per_s'] = measure_replay(
       int(size[1]), result['length'], 10 if args.quick else 100)
   loop_steps = 64 if args.quick else args.loop_steps
-  result.update(measure_loop(
-      size + extra + ['--precision', '16'], loop_steps, 200 if args.quick else 1000))
+  loop_flags = size + extra + ['--precision', '16']
+  if args.quick:
+    # Prefill lasts at least one episode: a Pong game (~1000 steps) would
+    # fill all quick steps and leave no training to time.
+    loop_flags += ['--time_limit', '100']
+  result.update(measure_loop(loop_flags, loop_steps, 200 if args.quick else 1000))
   replay = subprocess.run(
       [sys.executable, str(ROOT / 'bench' / 'replay_memory.py')] +
       (['--quick'] if args.quick else []), capture_output=True, text=True)

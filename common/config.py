@@ -199,8 +199,7 @@ def _parse(argv, configs_path, prog):
     except (KeyError, ValueError) as e:
       raise _UsageError(f"config '{name}' in {configs_path}: {e.args[0]}")
   if show_help:
-    print(_help(config, ['defaults'] + names, blocks, prog))
-    sys.exit(0)
+    _print_help(_help(config, ['defaults'] + names, blocks, prog))
   flat = config.flat
   updates = {}
   for key, values in flags.items():
@@ -351,6 +350,17 @@ def _help(config, names, blocks, prog):
   for key, value in flat.items():
     lines.append(f'  --{key:<{width}} {_format(value)}')
   return '\n'.join(lines)
+
+
+def _print_help(text):
+  """Prints the help and exits 0, also when the reader has gone (`--help | head`)."""
+  try:
+    print(text)
+    sys.stdout.flush()
+  except BrokenPipeError:
+    # As Python's docs advise: stdout to devnull, so the flush at exit cannot fail.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
 
 
 def _format(value):

@@ -14,7 +14,8 @@ is_last marks the end of an episode (game over or time limit); is_terminal
 only a true end of the game, so that the world model learns no discount of
 zero at a time limit. The suite classes (Atari, DMC, Crafter, GymWrapper) take
 their native actions (an index or a raw Box vector); OneHotAction and
-NormalizeAction turn them into the interface above.
+NormalizeAction turn them into the interface above. MiniGrid tasks are
+gymnasium envs seen from pixels (make_minigrid).
 
 Optional packages (dm_control, crafter, minigrid) are imported only when used.
 """
@@ -24,6 +25,7 @@ import importlib.util
 import multiprocessing
 import os
 import pickle
+import re
 import threading
 import traceback
 from concurrent import futures
@@ -31,7 +33,7 @@ from concurrent import futures
 import gymnasium
 import numpy as np
 
-SUITES = ('atari', 'dmc', 'crafter')
+SUITES = ('atari', 'dmc', 'crafter', 'minigrid')
 EXTRAS = 'pip install -r requirements-extras.txt'
 
 
@@ -117,7 +119,7 @@ def _split_task(task):
     raise UnknownTask(
         f"Unknown task '{task}': a task is SUITE_NAME with SUITE one of "
         f"{', '.join(SUITES)} (e.g. atari_pong, dmc_walker_walk, "
-        f"crafter_reward).")
+        f"crafter_reward, minigrid_empty_5x5).")
   return suite, name
 
 
@@ -167,6 +169,25 @@ def dmc_domain_task(name):
   raise _unknown('DMC task', name, f'dmc_{name}', known)
 
 
+def minigrid_env_id(name):
+  """'empty_5x5' -> 'MiniGrid-Empty-5x5-v0', 'door_key_5x5' ->
+  'MiniGrid-DoorKey-5x5-v0': names match ids up to case, '-' and '_'."""
+  import minigrid  # Registers the MiniGrid-* ids.
+  del minigrid
+  def normalise(text):
+    text = text.lower().replace('-', '').replace('_', '')
+    return text.removeprefix('minigrid').removesuffix('v0')
+  ids = [id_ for id_ in gymnasium.envs.registry if id_.startswith('MiniGrid-')]
+  by_key = {normalise(id_): id_ for id_ in ids}
+  if normalise(name) in by_key:
+    return by_key[normalise(name)]
+  known = []  # In the tasks' snake case: 'MiniGrid-DoorKey-5x5-v0' -> 'door_key_5x5'.
+  for id_ in ids:
+    words = re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', id_[len('MiniGrid-'):])
+    known.append(words.replace('-', '_').lower().removesuffix('_v0'))
+  raise _unknown('MiniGrid env', name, f'minigrid_{name}', known)
+
+
 def check_task(task):
   """Validate a task name without building the env (and without TF)."""
   suite, name = _split_task(task)
@@ -180,6 +201,9 @@ def check_task(task):
     if name not in ('reward', 'noreward'):
       raise _unknown('Crafter task', name, task, ['reward', 'noreward'])
     _require('crafter', 'crafter')
+  elif suite == 'minigrid':
+    _require('minigrid', 'minigrid')
+    minigrid_env_id(name)
 
 
 # Suites --------------------------------------------------------------------
@@ -655,8 +679,10 @@ def make(
   """The interface env for a task name such as 'atari_pong'.
 
   mode is 'train' or 'eval'; both use the same protocol (Atari keeps sticky
-  actions in eval). time_limit counts agent steps (0 = the env's own).
-  outdir is where Crafter writes its stats (train mode only).
+  actions in eval), except that Crafter evaluates with its reward also for
+  crafter_noreward, as the original does. time_limit counts agent steps
+  (0 = the env's own). outdir is where Crafter writes its stats (train mode
+  only).
   """
   if mode not in ('train', 'eval'):
     raise ValueError(f"Unknown mode '{mode}': use 'train' or 'eval'.")
@@ -674,8 +700,14 @@ def make(
     if action_repeat != 1:
       raise ValueError(f'Crafter has no action repeat; got {action_repeat}.')
     env = Crafter(
-        outdir if mode == 'train' else None, name == 'reward', seed, size)
+        outdir if mode == 'train' else None,
+        reward=name == 'reward' or mode == 'eval', seed=seed, size=size)
     env = OneHotAction(env)
+  elif suite == 'minigrid':
+    check_task(task)
+    if action_repeat != 1:
+      raise ValueError(f'MiniGrid has no action repeat; got {action_repeat}.')
+    env = make_minigrid(minigrid_env_id(name), size, seed)
   if time_limit:
     env = TimeLimit(env, time_limit)
   return env

@@ -224,12 +224,17 @@ def load_checkpoint(module, path):
   extra = sorted(set(values) - set(named))
   shapes = [(n, values[n].shape, tuple(v.shape)) for n, v in named.items()
             if n in values and values[n].shape != tuple(v.shape)]
-  if missing or extra or shapes:
-    lines = [f'{n}: checkpoint {a} vs model {b}' for n, a, b in shapes[:5]]
-    lines += [f'not in checkpoint: {n}' for n in missing[:5]]
-    lines += [f'not in model: {n}' for n in extra[:5]]
+  differ = [(n, f'{n}: checkpoint {a} vs model {b}') for n, a, b in shapes]
+  differ += [(n, f'not in checkpoint: {n}') for n in missing]
+  differ += [(n, f'not in model: {n}') for n in extra]
+  if differ:
+    # World-model variables first: a changed model size shows there, and the
+    # behaviors' variables (sized by it) only follow from it.
+    differ.sort(key=lambda item: not item[0].startswith('wm/'))
+    lines = [line for _, line in differ[:5]]
+    more = f' (and {len(differ) - 5} more)' if len(differ) > 5 else ''
     raise CheckpointMismatch(
         f'checkpoint {path} does not fit the model built from this config '
-        f'(were model sizes changed?): ' + '; '.join(lines))
+        f'(were model sizes changed?): ' + '; '.join(lines) + more)
   for name, var in named.items():
     var.assign(values[name])

@@ -242,7 +242,8 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop):
     if should_video[mode](step):
       for key in config.log_keys_video:
         if key in episode:
-          logger.video(f'{mode}_policy_{key}', episode[key])
+          # The first 500 frames: an Atari episode of 27k frames is a huge GIF.
+          logger.video(f'{mode}_policy_{key}', episode[key][:500])
     replay = {'train': train_replay, 'eval': eval_replay}[mode]
     logger.add(replay.stats, prefix=mode)
     logger.write()

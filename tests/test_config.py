@@ -210,6 +210,15 @@ def test_help_lists_every_key_with_its_value(capsys):
   assert "  --rssm.deter" in capsys.readouterr().out
 
 
+def test_help_piped_into_head_exits_quietly():
+  # head closes the pipe after one line; printing the rest must not fail.
+  command = f'"{sys.executable}" dreamerv2/train.py --help | head -1'
+  result = subprocess.run(
+      command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.stdout.startswith('usage: ')
+  assert 'Traceback' not in result.stderr, result.stderr
+
+
 # The Config object.
 
 def test_config_access_and_immutability():

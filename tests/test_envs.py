@@ -165,9 +165,11 @@ def test_missing_package_names_the_install_command(monkeypatch):
   find_spec = envs.importlib.util.find_spec
   monkeypatch.setattr(
       envs.importlib.util, 'find_spec',
-      lambda name: None if name in ('crafter', 'dm_control') else find_spec(name))
+      lambda name: None if name in ('crafter', 'dm_control', 'minigrid') else find_spec(name))
   with pytest.raises(envs.MissingPackage, match='requirements-extras.txt'):
     envs.check_task('crafter_reward')
+  with pytest.raises(envs.MissingPackage, match="'minigrid'"):
+    envs.make('minigrid_empty_5x5')
   with pytest.raises(envs.MissingPackage, match='dm-control'):
     envs.make('dmc_walker_walk')
 
@@ -421,19 +423,28 @@ def test_dmc_walker_images_proprio_and_time_limit():
   assert 'walker_walk' in proc.stdout
 
 
-def test_crafter_logs_reward_and_achievements():
+def test_crafter_noreward_logs_its_reward_and_evaluates_with_it():
   pytest.importorskip('crafter')
-  env = envs.make('crafter_noreward', seed=0)
-  assert env.act_space['action'].shape == (17,)
-  obs = env.reset()
-  check_obs(obs, env.obs_space)
-  assert obs['image'].shape == (64, 64, 3)
-  assert obs['log_achievement_collect_wood'] == 0
-  rng = np.random.default_rng(0)
-  for _ in range(30):
-    obs = env.step(onehot(rng.integers(17), 17))
+  rewards = {}
+  for mode in ('train', 'eval'):
+    env = envs.make('crafter_noreward', mode, seed=0)
+    assert env.act_space['action'].shape == (17,)
+    obs = env.reset()
     check_obs(obs, env.obs_space)
-    assert obs['reward'] == 0  # noreward: the reward is only logged.
+    assert obs['image'].shape == (64, 64, 3)
+    assert obs['log_achievement_collect_wood'] == 0
+    rng = np.random.default_rng(0)
+    rewards[mode] = []
+    for _ in range(100):
+      obs = env.step(onehot(rng.integers(17), 17))
+      check_obs(obs, env.obs_space)
+      rewards[mode].append((obs['reward'], obs['log_reward']))
+  train, evaluation = np.array(rewards['train']), np.array(rewards['eval'])
+  # Random actions earn Crafter reward (an achievement within 100 steps);
+  # crafter_noreward training only logs it, evaluation scores it.
+  assert (train[:, 1] != 0).any() and (train[:, 0] == 0).all()
+  assert (evaluation[:, 0] != 0).any()
+  assert (evaluation[:, 0] == evaluation[:, 1]).all()
 
 
 def test_minigrid_from_pixels():
@@ -448,3 +459,24 @@ def test_minigrid_from_pixels():
     if obs['is_last']:
       break
   assert step == 100 and not obs['is_terminal']
+
+
+def test_minigrid_task_names_map_to_gymnasium_ids():
+  pytest.importorskip('minigrid')
+  assert envs.minigrid_env_id('empty_5x5') == 'MiniGrid-Empty-5x5-v0'
+  assert envs.minigrid_env_id('door_key_5x5') == 'MiniGrid-DoorKey-5x5-v0'
+  env = envs.make('minigrid_empty_5x5', seed=0)
+  space = env.act_space['action']
+  assert space.shape == (7,) and space.discrete
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
+  env = envs.make('minigrid_empty_5x5', time_limit=3, seed=0)
+  env.reset()
+  assert [env.step(onehot(0, 7))['is_last'] for _ in range(3)] == [False, False, True]
+  with pytest.raises(ValueError, match='action repeat'):
+    envs.make('minigrid_empty_5x5', action_repeat=2)
+  with pytest.raises(envs.UnknownTask, match=r"'emtpy_5x5'.*minigrid_empty_5x5"):
+    envs.make('minigrid_emtpy_5x5')
+  with pytest.raises(envs.UnknownTask, match='minigrid_door_key_5x5'):
+    envs.check_task('minigrid_doorkey_5x')

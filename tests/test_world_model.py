@@ -149,7 +149,9 @@ def test_checkpoint_of_another_model_size_raises_a_mismatch_naming_the_variable(
     tfutils.load_checkpoint(bigger, path)
   message = str(info.value)
   assert any(name in message for name in differ), message
-  assert str(path) in message
+  assert str(path) in message and '\n' not in message
+  listed = message.split('changed?): ')[1]
+  assert listed.startswith('wm/'), message  # The world model's sizes first.
   assert H.unchanged(before, bigger) == sorted(before)        # nothing half-loaded
 
 

@@ -1,0 +1,75 @@
+"""The benchmark scripts' quick modes run and print every figure, finite.
+
+Presence and finiteness only: a benchmark reports numbers, it never passes or
+fails on them (no speed thresholds here).
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_bench(args, tmp_path, timeout=300):
+  """Runs `python bench/...` from the repo root; returns its JSON lines."""
+  # Temporary files of the scripts (replays, logdirs) land in tmp_path.
+  result = subprocess.run(
+      [sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+      timeout=timeout, env={**os.environ, 'TMPDIR': str(tmp_path)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
+  assert lines, f'no JSON line in the output:\n{result.stdout[-3000:]}'
+  return [json.loads(line) for line in lines]
+
+
+def is_finite(value):
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def test_speed_quick_reports_every_figure(tmp_path):
+  lines = run_bench(['bench/speed.py', '--quick'], tmp_path)
+  assert len(lines) == 1, lines
+  result = lines[0]
+  for precision in ('precision16', 'precision32'):
+    figures = result[precision]
+    for key in ('update_s', 'update_s_min', 'update_s_max', 'compile_s',
+                'policy_ms', 'peak_rss_mb'):
+      assert is_finite(figures.get(key)) and figures[key] > 0, (precision, key, figures)
+  assert result['train_agent_steps_per_s'] is not None, result.get('loop_error')
+  for key in ('env_steps_per_s', 'replay_batches_per_s',
+              'train_agent_steps_per_s', 'replay_rss_mb_per_1m_frames'):
+    assert is_finite(result.get(key)) and result[key] > 0, (key, result)
+  machine = result['machine']
+  assert isinstance(machine['cores'], int) and machine['cores'] > 0
+  assert isinstance(machine['tensorflow'], str) and machine['tensorflow']
+
+
+def test_replay_memory_quick_reports_memory_per_frame(tmp_path):
+  result = run_bench(['bench/replay_memory.py', '--quick'], tmp_path, timeout=120)[-1]
+  assert is_finite(result['rss_mb_per_1m_frames']), result
+  assert result['stored_steps'] > 0
+
+
+def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
+  result = run_bench(['bench/learn_minigrid.py', '--quick'], tmp_path)[-1]
+  assert is_finite(result['random_floor']), result
+  run = result['runs'][0]
+  assert run['xs'] and len(run['xs']) == len(run['ys']), run
+  assert all(is_finite(x) for x in run['xs'] + run['ys']), run
+  assert is_finite(run['final_eval_return']), run
+
+
+def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
+  outdir = tmp_path / 'out'
+  result = run_bench(
+      ['bench/pong_world_model.py', '--quick', '--outdir', str(outdir)],
+      tmp_path)[-1]
+  for key in ('loss_start', 'loss_end', 'openl_mse'):
+    assert result[key] and all(is_finite(v) for v in result[key].values()), (key, result)
+  assert (outdir / 'pong-world-model-openl-quick.png').exists()
+  assert pathlib.Path(result['png']).exists()
