@@ -105,7 +105,9 @@ def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(finished_run)
   assert [line['train_length'] for line in metrics if 'train_length' in line] == [50] * 8
   episodes = sorted((logdir / 'train_episodes').glob('*.npz'))
   assert sum(len(load_episode(path)['action']) - 1 for path in episodes) == 400
-  assert len(list((logdir / 'eval_episodes').glob('*.npz'))) == 2  # At steps 100, 200.
+  # At steps 100 and 200, and the final evaluation at step 400.
+  assert len(list((logdir / 'eval_episodes').glob('*.npz'))) == 3
+  assert [line['step'] for line in metrics if 'eval_return' in line] == [400, 800, 1600]
   with open(logdir / 'variables.pkl', 'rb') as f:
     variables = pickle.load(f)
   assert any('model_opt' in name for name in variables)
