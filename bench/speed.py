@@ -220,12 +220,15 @@ def main():
             'length': 10 if args.quick else args.length}
   if args.sweep:
     sweep = {}
-    for name, flags in [
-        ('batch8', ['--dataset.batch', '8']), ('batch16', ['--dataset.batch', '16']),
-        ('batch32', ['--dataset.batch', '32']), ('length25', ['--dataset.length', '25']),
-        ('deter200', ['--rssm.deter', '200', '--rssm.hidden', '200']),
-        ('deter1024', ['--rssm.deter', '1024', '--rssm.hidden', '1024'])]:
-      out = run_child(base + ['--dataset.batch', '16'] + flags + extra, calls)
+    # One factor at a time around batch 16, length 50, deter 600.
+    for name, change in [
+        ('batch8', {'dataset.batch': 8}), ('batch16', {}),
+        ('batch32', {'dataset.batch': 32}), ('length25', {'dataset.length': 25}),
+        ('deter200', {'rssm.deter': 200, 'rssm.hidden': 200}),
+        ('deter1024', {'rssm.deter': 1024, 'rssm.hidden': 1024})]:
+      flags = {'dataset.batch': 16, 'dataset.length': 50, **change}
+      flags = [x for key, value in flags.items() for x in (f'--{key}', str(value))]
+      out = run_child(base + flags + extra, calls)
       sweep[name] = out['update_s']
     result['sweep_update_s'] = sweep
     result['machine'] = machine()
