@@ -304,7 +304,7 @@ class ActorCritic(tf.Module):
     # The last two states drop out: one only bootstraps, and the action taken
     # in the other leads nowhere we have a target for.
     metrics = {}
-    policy = _stack_dists(seq['policy'][:-1])                     # pi(z_0..z_{H-2})
+    policy = _StackedDist(seq['policy'][:-1])                     # pi(z_0..z_{H-2})
     objective = 0.0
     if self.actor_grad in ('reinforce', 'both'):
       baseline = self._target_critic(seq['feat'][:-2]).mode()
@@ -411,7 +411,3 @@ class _StackedDist:
 
   def entropy(self):
     return tf.stack([d.entropy() for d in self._parts], 0)
-
-
-def _stack_dists(parts):
-  return _StackedDist(parts)
