@@ -12,12 +12,15 @@ common/plot.py.
 
   python3 bench/learn_minigrid.py                       # seeds 0 1 2, 20k steps each
   python3 bench/learn_minigrid.py --seeds 0 --steps 10000
+  python3 bench/learn_minigrid.py --jobs 3 --logdir /tmp/minigrid   # seeds side by side
   python3 bench/learn_minigrid.py --quick               # < 2 min, checks the JSON is complete
 """
 
 import argparse
 import collections
+from concurrent import futures
 import json
+import multiprocessing
 import pathlib
 import subprocess
 import sys
@@ -77,6 +80,11 @@ class EvalRecorder:
 
 
 def train_seed(args, seed, logdir):
+  if args.jobs > 1:
+    import os
+    import tensorflow as tf
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
   from common import config as configlib
   from common import logger as loggerlib
   from dreamerv2 import api
@@ -118,18 +126,28 @@ def main():
   parser.add_argument('--target', type=float, default=0.9)
   parser.add_argument('--floor_episodes', type=int, default=100)
   parser.add_argument('--out', default=str(ROOT / 'scores' / 'minigrid-empty-5x5.json'))
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='seeds trained at once, each in its own process (wall times then share the CPU)')
+  parser.add_argument('--logdir', default=None, help='keep each seed\'s logdir here (default: a temp dir)')
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--config', nargs='*', default=[], help='key value pairs')
   args = parser.parse_args()
+  if args.jobs < 1:
+    parser.error(f'--jobs must be at least 1, got {args.jobs}')
   if args.quick:
     args.seeds, args.steps, args.eval_every, args.eval_eps = [0], 300, 150, 2
     args.floor_episodes = 5
     args.out = str(pathlib.Path(tempfile.mkdtemp()) / 'minigrid-quick.json')
   floor = random_floor(args.env, args.floor_episodes, 0)
-  runs = []
   with tempfile.TemporaryDirectory() as tmp:
-    for seed in args.seeds:
-      runs.append(train_seed(args, seed, pathlib.Path(tmp) / str(seed)))
+    root = pathlib.Path(args.logdir or tmp)
+    logdirs = [root / str(seed) for seed in args.seeds]
+    if args.jobs == 1:
+      runs = [train_seed(args, seed, logdir) for seed, logdir in zip(args.seeds, logdirs)]
+    else:
+      context = multiprocessing.get_context('spawn')
+      with futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        runs = list(pool.map(train_seed, [args] * len(logdirs), args.seeds, logdirs))
   scores = [{'task': TASK, 'method': 'dreamerv2', 'seed': str(r['seed']),
              'xs': [float(x) for x in r['xs']], 'ys': r['ys']} for r in runs]
   out = pathlib.Path(args.out)
@@ -145,7 +163,8 @@ def main():
   solved = sum(r['first_step_at_target'] is not None for r in runs)
   print(json.dumps({
       'env': args.env, 'steps': args.steps, 'eval_every': args.eval_every,
-      'eval_eps': args.eval_eps, 'target': args.target,
+      'eval_eps': args.eval_eps, 'target': args.target, 'jobs': args.jobs,
+      'config': dict(zip(args.config[::2], args.config[1::2])),
       'random_floor': round(floor, 4), 'seeds_at_target': solved,
       'runs': runs, 'scores': str(out), 'png': png,
       'plot_error': None if plot.returncode == 0 else plot.stderr[-300:],

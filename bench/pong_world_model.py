@@ -96,6 +96,8 @@ def main():
   parser.add_argument('--heldout', type=int, default=4)
   parser.add_argument('--updates', type=int, default=600)
   parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--eval_every', type=int, default=200,
+                      help='also measure the open-loop MSE every this many updates (0: only at the end)')
   parser.add_argument('--precision', type=int, default=16)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--outdir', default=str(ROOT / 'scores'))
@@ -103,7 +105,7 @@ def main():
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
   if args.quick:
-    args.episodes, args.heldout, args.updates, args.batch = 2, 1, 3, 4
+    args.episodes, args.heldout, args.updates, args.batch, args.eval_every = 2, 1, 3, 4, 2
   from common import config as configlib
   argv = ['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
           '--precision', str(args.precision)] + (QUICK if args.quick else []) + args.config
@@ -146,16 +148,22 @@ def main():
         'last_context_frame': float(np.mean((truth[:, 4:5] - future) ** 2)),
     }
 
-  losses = []
-  start = time.time()
+  losses, curve = [], []
+  start, eval_s = time.time(), 0.0
   for i in range(args.updates):
     metrics = {k: float(v) for k, v in train(next(dataset)).items()}
     losses.append(metrics)
     if i == 0:
       compile_s = time.time() - start
       start = time.time()
-  train_s = time.time() - start
+    if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
+      begin = time.time()
+      curve.append([i + 1, round(evaluate()[2]['model'], 6)])
+      eval_s += time.time() - begin
+      print(f'update {i + 1}: open-loop MSE {curve[-1][1]:.6f}', file=sys.stderr, flush=True)
+  train_s = time.time() - start - eval_s
   truth, model, error = evaluate()
+  curve.append([args.updates, round(error['model'], 6)])
   first, last = losses[0], {k: float(np.mean([m[k] for m in losses[-10:]])) for k in losses[0]}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +177,7 @@ def main():
       'loss_start': {k: round(first[k], 3) for k in ('image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
       'loss_end': {k: round(last[k], 3) for k in ('image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
       'openl_mse': {k: round(v, 6) for k, v in error.items()},
+      'openl_mse_curve': curve,
       'below_both_floors': error['model'] < min(error['mean_frame'], error['last_context_frame']),
       'collect_s': round(collect_s, 1), 'compile_s': round(compile_s, 1),
       'train_s': round(train_s, 1), 'png': str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
