@@ -4,9 +4,11 @@ Fills a replay with random-policy Pong episodes (the Atari protocol: sticky
 actions, action repeat 4, 64x64 grayscale), trains only the world model of the
 `atari` config, and measures open-loop prediction on held-out episodes: 5
 context frames, then 45 frames imagined from the actions alone, per-pixel MSE
-(pixels in [0, 1]) against two floors: predicting the mean training frame, and
-repeating the last context frame. Saves the open-loop strips (truth / model /
-error rows) as PNG in scores/.
+(pixels in [0, 1]) of the model's expected frame (the mean of `--samples`
+sampled rollouts; one rollout's MSE is reported beside it) against two
+floors: predicting the mean training frame, and repeating the last context
+frame. Saves the open-loop strips (truth / one rollout / mean of the rollouts
+/ error rows) as PNG in scores/.
 
   python3 bench/pong_world_model.py                  # ~30 min on 2 CPU cores
   python3 bench/pong_world_model.py --updates 200 --batch 16
@@ -45,9 +47,12 @@ def collect(env, episodes, rng):
   return result
 
 
-def open_loop(wm, episodes, context, horizon, rng, chunks):
-  """Open-loop predictions for `chunks` random windows of held-out episodes.
-  Returns truth, model [N, context + horizon, 64, 64, 1] in [0, 1]."""
+def open_loop(wm, episodes, context, horizon, rng, chunks, samples):
+  """Open-loop predictions for `chunks` random windows of held-out episodes:
+  the posterior (its mode) over `context` frames, then `samples` sampled prior
+  rollouts from the actions alone. Returns truth, one sampled rollout, and the
+  mean of the decoded rollouts (the model's expected frame, the point
+  prediction MSE scores), each [N, context + horizon, 64, 64, 1] in [0, 1]."""
   import numpy as np
   import tensorflow as tf
   length = context + horizon
@@ -66,25 +71,25 @@ def open_loop(wm, episodes, context, horizon, rng, chunks):
       embed[:, :context], data['action'][:, :context], data['is_first'][:, :context],
       sample=False)
   decoder = wm.heads['decoder']
-  recon = decoder(wm.rssm.get_feat(states))['image'].mode()
+  decode = lambda states: np.asarray(decoder(wm.rssm.get_feat(states))['image'].mode(), np.float32)
+  recon = decode(states)
   init = {k: v[:, -1] for k, v in states.items()}
-  prior = wm.rssm.imagine(data['action'][:, context:], init)
-  openl = decoder(wm.rssm.get_feat(prior))['image'].mode()
-  model = np.clip(np.concatenate([recon, openl], 1) + 0.5, 0, 1)
+  rollouts = [decode(wm.rssm.imagine(data['action'][:, context:], init)) for _ in range(samples)]
+  frames = lambda openl: np.clip(np.concatenate([recon, openl], 1) + 0.5, 0, 1)
   truth = np.asarray(tf.cast(data['image'], tf.float32)) + 0.5
-  return truth, model
+  return truth, frames(rollouts[0]), frames(np.mean(rollouts, 0))
 
 
-def save_strips(path, truth, model, rows=3, every=3):
-  """PNG: for each of `rows` windows, three rows (truth / model / error) of
-  every `every`-th frame."""
+def save_strips(path, truth, sample, mean, rows=3, every=3):
+  """PNG: for each of `rows` windows, four rows (truth / one sampled rollout /
+  mean of the rollouts / error of the mean, grey = 0) of every `every`-th frame."""
   import numpy as np
   from PIL import Image
   blocks = []
   for i in range(min(rows, len(truth))):
-    t, m = truth[i, ::every, ..., 0], model[i, ::every, ..., 0]
+    t, s, m = (x[i, ::every, ..., 0] for x in (truth, sample, mean))
     e = (m - t + 1) / 2
-    blocks.append(np.concatenate([np.concatenate(list(x), 1) for x in (t, m, e)], 0))
+    blocks.append(np.concatenate([np.concatenate(list(x), 1) for x in (t, s, m, e)], 0))
     blocks.append(np.ones((4, blocks[-1].shape[1])))
   image = (np.concatenate(blocks[:-1], 0) * 255).astype(np.uint8)
   Image.fromarray(image).resize((image.shape[1] * 2, image.shape[0] * 2), Image.NEAREST).save(path)
@@ -96,7 +101,9 @@ def main():
   parser.add_argument('--heldout', type=int, default=4)
   parser.add_argument('--updates', type=int, default=600)
   parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--eval_every', type=int, default=200,
+  parser.add_argument('--samples', type=int, default=8,
+                      help='sampled open-loop rollouts per window; MSE scores their mean')
+  parser.add_argument('--eval_every', type=int, default=100,
                       help='also measure the open-loop MSE every this many updates (0: only at the end)')
   parser.add_argument('--precision', type=int, default=16)
   parser.add_argument('--seed', type=int, default=0)
@@ -104,8 +111,12 @@ def main():
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
+  for name in ('updates', 'samples', 'episodes', 'heldout'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
   if args.quick:
-    args.episodes, args.heldout, args.updates, args.batch, args.eval_every = 2, 1, 3, 4, 2
+    args.episodes, args.heldout, args.updates, args.batch = 2, 1, 3, 4
+    args.eval_every, args.samples = 2, 2
   from common import config as configlib
   argv = ['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
           '--precision', str(args.precision)] + (QUICK if args.quick else []) + args.config
@@ -139,14 +150,29 @@ def main():
   train = tf.function(lambda data: wm.train(data)[1])
   mean_frame = np.mean(np.concatenate([e['image'] for e in train_eps]), 0) / 255.0
 
-  def evaluate():
-    truth, model = open_loop(wm, heldout, 5, 45, np.random.default_rng(1), 16)
-    future = truth[:, 5:]
-    return truth, model, {
-        'model': float(np.mean((model[:, 5:] - future) ** 2)),
-        'mean_frame': float(np.mean((mean_frame[None, None] - future) ** 2)),
-        'last_context_frame': float(np.mean((truth[:, 4:5] - future) ** 2)),
+  def evaluate(episodes=heldout):
+    truth, sample, mean = open_loop(
+        wm, episodes, 5, 45, np.random.default_rng(1), 16, args.samples)
+    future, context = truth[:, 5:], truth[:, :5]
+    mse = lambda prediction, target: float(np.mean((prediction - target) ** 2))
+    return (truth, sample, mean), {
+        'model': mse(mean[:, 5:], future),
+        'model_one_sample': mse(sample[:, 5:], future),
+        'mean_frame': mse(mean_frame[None, None], future),
+        'last_context_frame': mse(truth[:, 4:5], future),
+        # The 5 context frames through the posterior: does the latent carry the frame?
+        'recon': mse(mean[:, :5], context),
+        'recon_mean_frame': mse(mean_frame[None, None], context),
     }
+
+  def record(updates):
+    error = evaluate()[1]
+    recent = losses[-min(len(losses), 50):]
+    curve.append({
+        'updates': updates, **{k: round(v, 6) for k, v in error.items()},
+        'model_train_episodes': round(evaluate(train_eps[:args.heldout])[1]['model'], 6),
+        **{k: round(float(np.mean([m[k] for m in recent])), 3) for k in ('image_loss', 'kl_loss')}})
+    print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
 
   losses, curve = [], []
   start, eval_s = time.time(), 0.0
@@ -158,19 +184,18 @@ def main():
       start = time.time()
     if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
       begin = time.time()
-      curve.append([i + 1, round(evaluate()[2]['model'], 6)])
+      record(i + 1)
       eval_s += time.time() - begin
-      print(f'update {i + 1}: open-loop MSE {curve[-1][1]:.6f}', file=sys.stderr, flush=True)
   train_s = time.time() - start - eval_s
-  truth, model, error = evaluate()
-  curve.append([args.updates, round(error['model'], 6)])
+  record(args.updates)
+  frames, error = evaluate()
   first, last = losses[0], {k: float(np.mean([m[k] for m in losses[-10:]])) for k in losses[0]}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
   png = out / ('pong-world-model-openl-quick.png' if args.quick else 'pong-world-model-openl.png')
-  save_strips(png, truth, model)
+  save_strips(png, *frames)
   print(json.dumps({
-      'updates': args.updates, 'batch': args.batch, 'length': config.dataset.length,
+      'updates': args.updates, 'samples': args.samples, 'batch': args.batch, 'length': config.dataset.length,
       'precision': args.precision, 'train_episodes': len(train_eps),
       'train_steps': int(sum(len(e['image']) - 1 for e in train_eps)),
       'heldout_episodes': len(heldout),

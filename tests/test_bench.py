@@ -75,8 +75,8 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   for key in ('loss_start', 'loss_end', 'openl_mse'):
     assert result[key] and all(is_finite(v) for v in result[key].values()), (key, result)
   # --quick trains 3 updates and measures at update 2 and at the end.
-  assert [x for x, _ in result['openl_mse_curve']] == [2, 3], result
-  assert all(is_finite(y) for _, y in result['openl_mse_curve']), result
+  assert [row['updates'] for row in result['openl_mse_curve']] == [2, 3], result
+  assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
 
