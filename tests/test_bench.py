@@ -82,6 +82,7 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # pytest.ini's 900 s is for the fast suite.
 def test_dreamer_learns_minigrid_empty_from_pixels(tmp_path):
   # The learning claim of bench/README.md, as a long check (~15 minutes on 2
   # cores): seeds 0, 1, 2 reached an eval return of 0.955 at 6000, 7000 and
