@@ -93,7 +93,7 @@ def train_seed(args, seed, logdir):
       'logdir': str(logdir), 'seed': seed, 'steps': args.steps,
       'eval_every': args.eval_every, 'eval_eps': args.eval_eps,
       'log_every': args.eval_every, **(QUICK if args.quick else {})})
-  config = config.update(dict(zip(args.config[::2], args.config[1::2])))
+  config = config.update(args.overrides)
   recorder = EvalRecorder()
   outputs = [loggerlib.TerminalOutput(config.steps), loggerlib.JSONLOutput(logdir), recorder]
   api.train(make_env(args.env, seed), config, outputs,
@@ -134,6 +134,7 @@ def main():
   args = parser.parse_args()
   if args.jobs < 1:
     parser.error(f'--jobs must be at least 1, got {args.jobs}')
+  args.overrides = dict(zip(args.config[::2], args.config[1::2]))
   if args.quick:
     args.seeds, args.steps, args.eval_every, args.eval_eps = [0], 300, 150, 2
     args.floor_episodes = 5
@@ -164,7 +165,7 @@ def main():
   print(json.dumps({
       'env': args.env, 'steps': args.steps, 'eval_every': args.eval_every,
       'eval_eps': args.eval_eps, 'target': args.target, 'jobs': args.jobs,
-      'config': dict(zip(args.config[::2], args.config[1::2])),
+      'config': args.overrides,
       'random_floor': round(floor, 4), 'seeds_at_target': solved,
       'runs': runs, 'scores': str(out), 'png': png,
       'plot_error': None if plot.returncode == 0 else plot.stderr[-300:],

@@ -166,13 +166,15 @@ def main():
     }
 
   def record(updates):
-    error = evaluate()[1]
-    recent = losses[-min(len(losses), 50):]
+    """Appends one row to `curve`; returns the held-out frames and errors."""
+    frames, error = evaluate()
+    recent = losses[-50:]
     curve.append({
         'updates': updates, **{k: round(v, 6) for k, v in error.items()},
         'model_train_episodes': round(evaluate(train_eps[:args.heldout])[1]['model'], 6),
         **{k: round(float(np.mean([m[k] for m in recent])), 3) for k in ('image_loss', 'kl_loss')}})
     print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+    return frames, error
 
   losses, curve = [], []
   start, eval_s = time.time(), 0.0
@@ -187,8 +189,7 @@ def main():
       record(i + 1)
       eval_s += time.time() - begin
   train_s = time.time() - start - eval_s
-  record(args.updates)
-  frames, error = evaluate()
+  frames, error = record(args.updates)
   first, last = losses[0], {k: float(np.mean([m[k] for m in losses[-10:]])) for k in losses[0]}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
