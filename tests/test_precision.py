@@ -221,3 +221,46 @@ def test_bfloat16_reduces_the_world_model_loss_as_float32_does():
   for bits, curve in curves.items():
     assert curve[-1] < curve[0] - 20, (bits, curve)   # nats of image likelihood
   np.testing.assert_allclose(curves[16], curves[32], rtol=5e-3)
+
+
+@pytest.mark.parametrize('layer, inputs', [
+    (lambda: nets.Dense(16, 8), (6400, 16)),
+    (lambda: nets.Conv(4, 8, 4, 2), (100, 66, 66, 4)),
+    (lambda: nets.Conv(4, 1, 6, 2, transpose=True), (100, 31, 31, 4)),
+])
+def test_bfloat16_bias_gradient_matches_float32_on_large_batches(layer, inputs):
+  # TensorFlow's CPU BiasAddGrad sums bfloat16 in bfloat16 and stalls on sums
+  # over thousands of positions (the decoder's output bias got 255 for 16425).
+  tf.random.set_seed(0)
+  layer = layer()
+  x = tf.random.uniform(inputs, 0.0, 1.0, seed=1)
+  def bias_grad(bits):
+    with H.precision(bits, device='cpu'):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(layer(x), tf.float32))
+      return tape.gradient(loss, layer.bias).numpy()
+  exact, half = bias_grad(32), bias_grad(16)
+  positions = np.prod(inputs[:-1]) if len(inputs) == 2 else None
+  assert positions is None or np.allclose(exact, positions)
+  np.testing.assert_allclose(half, exact, rtol=0.01)
+
+
+def test_bfloat16_decoder_and_encoder_gradients_match_float32():
+  tf.random.set_seed(0)
+  rng = np.random.default_rng(0)
+  shapes = {'image': (64, 64, 1)}
+  encoder = nets.Encoder(shapes, cnn_keys='image', mlp_keys='$^', cnn_depth=8)
+  decoder = nets.Decoder(shapes, 40, cnn_keys='image', mlp_keys='$^', cnn_depth=8)
+  feat = tf.constant(rng.normal(0, 1, [200, 40]), tf.float32)
+  image = tf.constant(rng.uniform(-0.5, 0.5, [200, 64, 64, 1]), tf.float32)
+  variables = decoder.trainable_variables + encoder.trainable_variables
+  def grads(bits):
+    with H.precision(bits, device='cpu'):
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(decoder(feat)['image'].log_prob(image))
+        loss += tf.reduce_mean(tf.cast(encoder({'image': nets.cast(image)}), tf.float32))
+      return tape.gradient(loss, variables)
+  for exact, half, var in zip(grads(32), grads(16), variables):
+    exact, half = exact.numpy().ravel(), half.numpy().ravel()
+    cosine = exact @ half / np.linalg.norm(exact) / np.linalg.norm(half)
+    assert cosine > 0.999, (var.name, var.shape, cosine)
