@@ -13,6 +13,9 @@ frame. Saves the open-loop strips (truth / one rollout / mean of the rollouts
   python3 bench/pong_world_model.py                  # ~30 min on 2 CPU cores
   python3 bench/pong_world_model.py --updates 200 --batch 16
   python3 bench/pong_world_model.py --quick          # < 2 min, tiny model, CI
+
+Ctrl-C (SIGINT) ends training early and still reports the updates done
+(`"interrupted": true`, `updates` = the number done).
 """
 
 import argparse
@@ -99,7 +102,8 @@ def main():
   parser = argparse.ArgumentParser(description='Pong world model benchmark (one JSON line).')
   parser.add_argument('--episodes', type=int, default=40, help='random training episodes')
   parser.add_argument('--heldout', type=int, default=4)
-  parser.add_argument('--updates', type=int, default=600)
+  parser.add_argument('--updates', type=int, default=None,
+                      help='world-model updates (default 600; 3 with --quick)')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--samples', type=int, default=8,
                       help='sampled open-loop rollouts per window; MSE scores their mean')
@@ -111,12 +115,14 @@ def main():
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
+  if args.quick:
+    args.episodes, args.heldout, args.batch = 2, 1, 4
+    args.eval_every, args.samples = 2, 2
+  if args.updates is None:
+    args.updates = 3 if args.quick else 600
   for name in ('updates', 'samples', 'episodes', 'heldout'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
-  if args.quick:
-    args.episodes, args.heldout, args.updates, args.batch = 2, 1, 3, 4
-    args.eval_every, args.samples = 2, 2
   from common import config as configlib
   argv = ['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
           '--precision', str(args.precision)] + (QUICK if args.quick else []) + args.config
@@ -177,26 +183,34 @@ def main():
     return frames, error
 
   losses, curve = [], []
-  start, eval_s = time.time(), 0.0
-  for i in range(args.updates):
-    metrics = {k: float(v) for k, v in train(next(dataset)).items()}
-    losses.append(metrics)
-    if i == 0:
-      compile_s = time.time() - start
-      start = time.time()
-    if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
-      begin = time.time()
-      record(i + 1)
-      eval_s += time.time() - begin
+  start, eval_s, compile_s, interrupted = time.time(), 0.0, None, False
+  try:
+    for i in range(args.updates):
+      metrics = {k: float(v) for k, v in train(next(dataset)).items()}
+      losses.append(metrics)
+      if i == 0:
+        compile_s = time.time() - start
+        start = time.time()
+      if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
+        begin = time.time()
+        record(i + 1)
+        eval_s += time.time() - begin
+  except KeyboardInterrupt:
+    # Ctrl-C (SIGINT) ends training early; the report covers the updates done.
+    interrupted = True
+    print(f'Interrupted after {len(losses)} updates: reporting them.', file=sys.stderr, flush=True)
+    if not losses:
+      sys.exit('Interrupted before the first update finished: nothing to report.')
   train_s = time.time() - start - eval_s
-  frames, error = record(args.updates)
+  done = len(losses)
+  frames, error = record(done)
   first, last = losses[0], {k: float(np.mean([m[k] for m in losses[-10:]])) for k in losses[0]}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
   png = out / ('pong-world-model-openl-quick.png' if args.quick else 'pong-world-model-openl.png')
   save_strips(png, *frames)
   print(json.dumps({
-      'updates': args.updates, 'samples': args.samples, 'batch': args.batch, 'length': config.dataset.length,
+      'updates': done, 'interrupted': interrupted, 'samples': args.samples, 'batch': args.batch, 'length': config.dataset.length,
       'precision': args.precision, 'train_episodes': len(train_eps),
       'train_steps': int(sum(len(e['image']) - 1 for e in train_eps)),
       'heldout_episodes': len(heldout),
@@ -205,7 +219,7 @@ def main():
       'openl_mse': {k: round(v, 6) for k, v in error.items()},
       'openl_mse_curve': curve,
       'below_both_floors': error['model'] < min(error['mean_frame'], error['last_context_frame']),
-      'collect_s': round(collect_s, 1), 'compile_s': round(compile_s, 1),
+      'collect_s': round(collect_s, 1), 'compile_s': round(compile_s or 0.0, 1),
       'train_s': round(train_s, 1), 'png': str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
   }))
 

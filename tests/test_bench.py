@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -79,6 +80,32 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
+  assert result['interrupted'] is False and result['updates'] == 3, result
+
+
+def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
+  # SIGINT after the first curve row (update 2 of 100000): the script stops
+  # training and still prints the full JSON line and the strips.
+  process = subprocess.Popen(
+      [sys.executable, 'bench/pong_world_model.py', '--quick', '--updates', '100000',
+       '--outdir', str(tmp_path / 'out')],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, 'TMPDIR': str(tmp_path)})
+  try:
+    for line in process.stderr:
+      if line.startswith('{"updates"'):
+        process.send_signal(signal.SIGINT)
+        break
+    stdout, stderr = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+  result = json.loads([l for l in stdout.splitlines() if l.startswith('{')][-1])
+  assert result['interrupted'] is True, result
+  assert 2 <= result['updates'] < 100000, result
+  assert result['openl_mse_curve'][-1]['updates'] == result['updates'], result
+  assert all(is_finite(v) for v in result['openl_mse'].values()), result
+  assert (tmp_path / 'out' / 'pong-world-model-openl-quick.png').exists()
 
 
 @pytest.mark.slow
