@@ -14,13 +14,15 @@ frame. Saves the open-loop strips (truth / one rollout / mean of the rollouts
   python3 bench/pong_world_model.py --updates 200 --batch 16
   python3 bench/pong_world_model.py --quick          # < 2 min, tiny model, CI
 
-Ctrl-C (SIGINT) ends training early and still reports the updates done
-(`"interrupted": true`, `updates` = the number done).
+Ctrl-C or `kill -INT` (also for a run started in the background) ends
+training early and still reports the updates done (`"interrupted": true`,
+`updates` = the number done).
 """
 
 import argparse
 import json
 import pathlib
+import signal
 import sys
 import tempfile
 import time
@@ -184,6 +186,9 @@ def main():
 
   losses, curve = [], []
   start, eval_s, compile_s, interrupted = time.time(), 0.0, None, False
+  # Shells start background jobs (`cmd &`) with SIGINT ignored; restore
+  # Python's handler so that `kill -INT` stops those runs early too.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     for i in range(args.updates):
       metrics = {k: float(v) for k, v in train(next(dataset)).items()}

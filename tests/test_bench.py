@@ -90,7 +90,10 @@ def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
       [sys.executable, 'bench/pong_world_model.py', '--quick', '--updates', '100000',
        '--outdir', str(tmp_path / 'out')],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, 'TMPDIR': str(tmp_path)})
+      env={**os.environ, 'TMPDIR': str(tmp_path)},
+      # As a shell starts a background job: SIGINT ignored until the script
+      # installs its handler.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
   try:
     for line in process.stderr:
       if line.startswith('{"updates"'):
