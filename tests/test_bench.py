@@ -111,6 +111,13 @@ def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
   assert (tmp_path / 'out' / 'pong-world-model-openl-quick.png').exists()
 
 
+def test_bias_grad_shows_add_bias_matching_the_float32_sum(tmp_path):
+  result = run_bench(['bench/bias_grad.py'], tmp_path)[-1]
+  # 1 % is about two bfloat16 steps at this magnitude.
+  assert abs(result['nets_add_bias_bfloat16'] / result['float32_sum'] - 1) < 0.01, result
+  assert is_finite(result['bias_add_grad_bfloat16']), result
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # pytest.ini's 900 s is for the fast suite.
 def test_dreamer_learns_minigrid_empty_from_pixels(tmp_path):
