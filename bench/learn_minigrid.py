@@ -139,6 +139,14 @@ def main():
     args.seeds, args.steps, args.eval_every, args.eval_eps = [0], 300, 150, 2
     args.floor_episodes = 5
     args.out = str(pathlib.Path(tempfile.mkdtemp()) / 'minigrid-quick.json')
+  if args.logdir:
+    # train.py resumes from a logdir it finds; a benchmark must start fresh.
+    used = [str(pathlib.Path(args.logdir) / str(seed)) for seed in args.seeds
+            if any((pathlib.Path(args.logdir) / str(seed)).glob('*'))]
+    if used:
+      parser.error(f'--logdir {args.logdir} already holds runs ({", ".join(used)}): '
+                   'training would resume them instead of starting from step 0. '
+                   'Pass an empty or new --logdir, or remove those directories.')
   floor = random_floor(args.env, args.floor_episodes, 0)
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(args.logdir or tmp)

@@ -68,6 +68,19 @@ def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
   assert is_finite(run['final_eval_return']), run
 
 
+def test_learn_minigrid_refuses_a_logdir_that_holds_runs(tmp_path):
+  # train.py would resume such a run and the curve would start at its last step.
+  (tmp_path / 'runs' / '1').mkdir(parents=True)
+  (tmp_path / 'runs' / '1' / 'metrics.jsonl').write_text('{}\n')
+  result = subprocess.run(
+      [sys.executable, 'bench/learn_minigrid.py', '--seeds', '0', '1',
+       '--logdir', str(tmp_path / 'runs')],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert str(tmp_path / 'runs' / '1') in result.stderr, result.stderr
+  assert 'resume' in result.stderr, result.stderr
+
+
 def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   outdir = tmp_path / 'out'
   result = run_bench(
@@ -78,6 +91,8 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   # --quick trains 3 updates and measures at update 2 and at the end.
   assert [row['updates'] for row in result['openl_mse_curve']] == [2, 3], result
   assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
+  for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent'):
+    assert all(key in row for row in result['openl_mse_curve']), (key, result)
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
   assert result['interrupted'] is False and result['updates'] == 3, result
