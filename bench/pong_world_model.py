@@ -173,6 +173,16 @@ def main():
         'recon_mean_frame': mse(mean_frame[None, None], context),
     }
 
+  def eps_bound():
+    """Per module, the share of weights whose Adam step is damped at least
+    2x by epsilon: sqrt(v) < eps, v the optimizer's running mean of g^2."""
+    opt = wm.model_opt
+    v_of = {p.ref(): v for p, v in zip(opt.params, opt.v)}
+    modules = {'encoder': wm.encoder, 'rssm': wm.rssm, **wm.heads}
+    return {f'eps_bound_{name}': round(float(np.mean(np.concatenate([
+        np.sqrt(v_of[p.ref()].numpy().ravel()) < config.model_opt.eps
+        for p in module.trainable_variables]))), 3) for name, module in modules.items()}
+
   def record(updates):
     """Appends one row to `curve`; returns the held-out frames and errors."""
     frames, error = evaluate()
@@ -183,7 +193,8 @@ def main():
         # Entropies (nats) of the 32x32 categorical latent: a posterior near the
         # uniform 32*ln(32) = 110.9 nats, input-independent, carries no frame.
         **{k: round(float(np.mean([m[k] for m in recent])), 3)
-           for k in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent')}})
+           for k in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent')},
+        **eps_bound()})
     print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     return frames, error
 

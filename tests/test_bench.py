@@ -91,7 +91,8 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   # --quick trains 3 updates and measures at update 2 and at the end.
   assert [row['updates'] for row in result['openl_mse_curve']] == [2, 3], result
   assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
-  for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent'):
+  for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent', 'eps_bound_encoder',
+              'eps_bound_decoder'):
     assert all(key in row for row in result['openl_mse_curve']), (key, result)
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
