@@ -68,6 +68,14 @@ def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
   assert is_finite(run['final_eval_return']), run
 
 
+def test_latent_square_quick_reports_the_curve(tmp_path):
+  result = run_bench(['bench/latent_square.py', '--quick'], tmp_path, timeout=120)[-1]
+  assert [row['updates'] for row in result['curve']] == [2, 4], result
+  assert all(is_finite(y) for row in result['curve'] for y in row.values()), result
+  assert is_finite(result['floor']) and result['floor'] > 0, result
+  assert is_finite(result['final_ratio']), result
+
+
 def test_learn_minigrid_refuses_a_logdir_that_holds_runs(tmp_path):
   # train.py would resume such a run and the curve would start at its last step.
   (tmp_path / 'runs' / '1').mkdir(parents=True)

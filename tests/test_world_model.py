@@ -1,7 +1,9 @@
 """The world model's update, its loss as the paper writes it, and the
 checkpoint that resumes a run (paper, section 2; REFERENCE sections 1, 2, 5)."""
 
+import pathlib
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ from common import tfutils
 from dreamerv2 import agent as agent_lib
 
 import dreamer_helpers as H
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'bench'))
+import latent_square  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -204,51 +209,19 @@ def test_atari_sized_agent_trains_under_tf_function_and_model_loss_decreases():
   assert int(agent.wm.model_opt.updates) == 4
 
 
+
 # Learning --------------------------------------------------------------------
-
-
-def square_batch(rng, batch=16, length=10):
-  """Dark frames with one bright 8x8 square per sequence, at a random
-  position that stays put: only the image tells where it is (actions are
-  random and unrelated)."""
-  image = np.zeros((batch, length, 64, 64, 1), np.uint8)
-  for b in range(batch):
-    y, x = rng.integers(0, 57, 2)
-    image[b, :, y:y + 8, x:x + 8] = 255
-  data = H.batch(H.obs_space(image=(64, 64, 1)), H.act_space(True, 3), batch, length,
-                 seed=int(rng.integers(1 << 30)))
-  data['image'] = tf.constant(image)
-  return data
 
 
 def test_posterior_carries_what_the_actions_cannot_predict():
   # MiniGrid-Empty can be solved from the action history alone (fixed start and
   # goal), so the learning benchmark does not prove that image content reaches
-  # the latent. Here the square's position is in the image only: the decoder
-  # can reconstruct it only through encoder -> posterior sample (straight
-  # through) -> decoder. Until the latent carries it the reconstruction stays at
-  # the mean frame's error; measured: that phase lasts about 200 updates at
-  # this lr, about 450 at 2e-4, and the error is a third of the floor at 500.
-  config = config_lib.parse(['--configs', 'defaults', 'atari', '--precision', '32',
-                             '--rssm.deter', '128', '--rssm.hidden', '128',
-                             '--encoder.cnn_depth', '16', '--decoder.cnn_depth', '16',
-                             '--model_opt.lr', '1e-3'])
-  tf.random.set_seed(0)
-  wm = agent_lib.WorldModel(config, H.obs_space(image=(64, 64, 1)), 3,
-                            tf.Variable(0, dtype=tf.int64, trainable=False))
-  train = tf.function(lambda data: wm.train(data)[1])
-
-  @tf.function
-  def reconstruct(data):
-    data = wm.preprocess(data)
-    post, _ = wm.rssm.observe(wm.encoder(data), data['action'], data['is_first'], sample=False)
-    return wm.heads['decoder'](wm.rssm.get_feat(post))['image'].mode() + 0.5
-
-  rng = np.random.default_rng(0)
-  for _ in range(500):
-    train(square_batch(rng))
-  test = square_batch(np.random.default_rng(1), batch=32)
-  truth = test['image'].numpy() / 255
-  error = float(np.mean((np.clip(reconstruct(test).numpy(), 0, 1) - truth) ** 2))
-  floor = float(np.mean((truth.mean((0, 1), keepdims=True) - truth) ** 2))
-  assert error < 0.6 * floor, (error, floor)
+  # the latent. In bench/latent_square.py a square's position is in the image
+  # only: the decoder can reconstruct it only through encoder -> posterior
+  # sample (straight through) -> decoder. Until the latent carries it the
+  # reconstruction stays at the mean frame's error; measured with this command
+  # (float32, lr 1e-3): that phase ends about 200 updates in, and the error is
+  # about a third of the floor at 500. With the embedding cut off from the
+  # posterior the error stayed at 1.04x the floor.
+  result = latent_square.run(500, 500, 32, ['--model_opt.lr', '1e-3'])
+  assert result['final_ratio'] < 0.6, result
