@@ -79,16 +79,20 @@ def run(updates, eval_every, precision, overrides, below=0.6, seed=0):
   truth = held['image'] / 255.0
   floor = float(np.mean((truth.mean((0, 1), keepdims=True) - truth) ** 2))
   held = {k: tf.constant(v) for k, v in held.items()}
-  curve, recent, start = [], [], time.time()
+  curve, recent, norms, start = [], [], [], time.time()
   for i in range(updates):
     data = square_batch(rng, config.dataset.batch, config.dataset.length)
     metrics = train({k: tf.constant(v) for k, v in data.items()})
     recent = (recent + [{k: float(metrics[k]) for k in ('image_loss', 'kl_loss', 'post_ent')}])[-10:]
+    norms.append(float(metrics['model_grad_norm']))
     if (i + 1) % eval_every == 0 or i + 1 == updates:
       recon = np.clip(np.asarray(reconstruct(held), np.float32), 0, 1)
       error = float(np.mean((recon - truth) ** 2))
       curve.append({'updates': i + 1, 'recon': round(error, 6), 'ratio': round(error / floor, 3),
-                    **{k: round(float(np.mean([m[k] for m in recent])), 3) for k in recent[0]}})
+                    **{k: round(float(np.mean([m[k] for m in recent])), 3) for k in recent[0]},
+                    # The largest gradient norm (before clipping) since the last row.
+                    'grad_norm_max': round(max(norms), 1)})
+      norms = []
       print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
   first = next((row['updates'] for row in curve if row['ratio'] < below), None)
   return {

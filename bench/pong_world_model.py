@@ -194,6 +194,8 @@ def main():
         # uniform 32*ln(32) = 110.9 nats, input-independent, carries no frame.
         **{k: round(float(np.mean([m[k] for m in recent])), 3)
            for k in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent')},
+        # The largest gradient norm (before clipping) of those 50 updates.
+        'grad_norm_max': round(max(m['model_grad_norm'] for m in recent), 1),
         **eps_bound()})
     print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     return frames, error

@@ -71,6 +71,7 @@ def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
 def test_latent_square_quick_reports_the_curve(tmp_path):
   result = run_bench(['bench/latent_square.py', '--quick'], tmp_path, timeout=120)[-1]
   assert [row['updates'] for row in result['curve']] == [2, 4], result
+  assert all(row['grad_norm_max'] > 0 for row in result['curve']), result
   assert all(is_finite(y) for row in result['curve'] for y in row.values()), result
   assert is_finite(result['floor']) and result['floor'] > 0, result
   assert is_finite(result['final_ratio']), result
@@ -100,7 +101,7 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   assert [row['updates'] for row in result['openl_mse_curve']] == [2, 3], result
   assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
   for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent', 'eps_bound_encoder',
-              'eps_bound_decoder'):
+              'eps_bound_decoder', 'grad_norm_max'):
     assert all(key in row for row in result['openl_mse_curve']), (key, result)
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
