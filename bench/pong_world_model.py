@@ -17,11 +17,22 @@ frame. Saves the open-loop strips (truth / one rollout / mean of the rollouts
 Ctrl-C or `kill -INT` (also for a run started in the background) ends
 training early and still reports the updates done (`"interrupted": true`,
 `updates` = the number done).
+
+Long runs: `--checkpoint DIR` keeps the episodes, the world model with its
+optimizer state, and the losses and curve so far in DIR, saved at every curve
+row and at the end. Running the same command again resumes there and trains
+on up to `--updates` in total; the report covers the whole run and lists its
+`segments`. The settings that shape the run (episodes, batch, precision,
+seed, config, ...) must match the ones DIR was made with.
+
+  python3 bench/pong_world_model.py --updates 15000 --eval_every 250 --checkpoint ~/pong
 """
 
 import argparse
 import json
+import os
 import pathlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -33,6 +44,33 @@ sys.path.insert(0, str(ROOT))
 QUICK = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
          '--rssm.discrete', '4', '--encoder.cnn_depth', '4', '--decoder.cnn_depth', '4',
          '--reward_head.units', '16', '--discount_head.units', '16']
+
+
+# The arguments that shape a run: a checkpoint resumes only with the same ones.
+# The per-update metrics kept (and saved) for the report.
+LOSS_KEYS = ('image_loss', 'reward_loss', 'kl_loss', 'model_loss', 'post_ent', 'prior_ent',
+             'model_grad_norm')
+RUN_KEYS = ('episodes', 'heldout', 'batch', 'precision', 'seed', 'quick', 'config')
+
+
+def write_json(path, value):
+  """Writes JSON atomically: a temp file renamed over `path` when complete."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def check_run(path, args):
+  """Fails with a clear error when `args` differ from the run at `path`."""
+  saved = json.loads(pathlib.Path(path).read_text())
+  differ = [f'--{k} {saved.get(k)!r} there, {getattr(args, k)!r} here'
+            for k in RUN_KEYS if saved.get(k) != getattr(args, k)]
+  if differ:
+    sys.exit(f'--checkpoint {path.parent} was made with other settings ('
+             + '; '.join(differ) + '): repeat them to resume, or choose a new directory.')
 
 
 def collect(env, episodes, rng):
@@ -115,6 +153,8 @@ def main():
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--outdir', default=str(ROOT / 'scores'))
   parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--checkpoint', default=None,
+                      help='directory that keeps the run; the same command resumes it')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
   if args.quick:
@@ -125,6 +165,10 @@ def main():
   for name in ('updates', 'samples', 'episodes', 'heldout'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
+  ckpt = pathlib.Path(args.checkpoint).expanduser() if args.checkpoint else None
+  resume = bool(ckpt) and (ckpt / 'run.json').exists()
+  if resume:  # Before any work: the settings must be those of the run.
+    check_run(ckpt / 'run.json', args)
   from common import config as configlib
   argv = ['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
           '--precision', str(args.precision)] + (QUICK if args.quick else []) + args.config
@@ -134,6 +178,7 @@ def main():
   from common import envs
   from common import nets
   from common import replay as replaylib
+  from common import tfutils
   from dreamerv2 import agent as agentlib
   tf.random.set_seed(args.seed)
   rng = np.random.default_rng(args.seed)
@@ -141,20 +186,48 @@ def main():
 
   start = time.time()
   env = envs.make('atari_pong', 'train', action_repeat=4, time_limit=27000, seed=args.seed)
-  train_eps = collect(env, args.episodes, rng)
-  heldout = collect(env, args.heldout, rng)
+  obs_space = {k: v for k, v in env.obs_space.items()}
+  if resume:
+    train_eps = list(replaylib.load_episodes(ckpt / 'train').values())
+    heldout = list(replaylib.load_episodes(ckpt / 'heldout').values())
+  else:
+    train_eps = collect(env, args.episodes, rng)
+    heldout = collect(env, args.heldout, rng)
   env.close()
   collect_s = time.time() - start
 
-  directory = tempfile.mkdtemp(prefix='pong_wm_')
-  replay = replaylib.Replay(directory, minlen=config.dataset.length,
-                            maxlen=config.dataset.length, prioritize_ends=True, seed=args.seed)
-  for episode in train_eps:
-    replay.add_episode(episode)
-  dataset = iter(replay.dataset(config.dataset.batch, config.dataset.length))
-  obs_space = {k: v for k, v in env.obs_space.items()}
+  if ckpt and not resume:
+    # Episodes of a run killed before run.json was written are not kept.
+    for name in ('train', 'heldout'):
+      shutil.rmtree(ckpt / name, ignore_errors=True)
+    (ckpt / 'heldout').mkdir(parents=True)
+    for episode in heldout:
+      replaylib.save_episode(ckpt / 'heldout', episode)
   step = tf.Variable(0, dtype=tf.int64)
   wm = agentlib.WorldModel(config, obs_space, env.act_space['action'].shape[0], step)
+  losses, curve, segments = [], [], []
+  if resume and (ckpt / 'world_model.pkl').exists():
+    tfutils.load_checkpoint(wm, ckpt / 'world_model.pkl')
+    progress = json.loads((ckpt / 'progress.json').read_text())
+    # progress.json is written before the weights, so it may run ahead of them.
+    done = int(wm.model_opt.updates.numpy() + wm.model_opt.skipped.numpy())
+    losses = progress['losses'][:done]
+    curve = [row for row in progress['curve'] if row['updates'] <= done]
+    segments = [{**s, 'end': min(s['end'], done)} for s in progress['segments']
+                if s['start'] < done]
+    tf.random.set_seed(args.seed + done)
+    print(f'Resuming {ckpt} after {done} updates.', file=sys.stderr, flush=True)
+  # A resumed run samples a fresh stream of batches, not the ones already seen.
+  replay = replaylib.Replay(
+      ckpt / 'train' if ckpt else tempfile.mkdtemp(prefix='pong_wm_'),
+      minlen=config.dataset.length, maxlen=config.dataset.length, prioritize_ends=True,
+      seed=[args.seed, len(losses)] if losses else args.seed)
+  if not resume:
+    for episode in train_eps:
+      replay.add_episode(episode)
+  if ckpt and not resume:
+    write_json(ckpt / 'run.json', {k: getattr(args, k) for k in RUN_KEYS})
+  dataset = iter(replay.dataset(config.dataset.batch, config.dataset.length))
   train = tf.function(lambda data: wm.train(data)[1])
   mean_frame = np.mean(np.concatenate([e['image'] for e in train_eps]), 0) / 255.0
 
@@ -184,9 +257,12 @@ def main():
         for p in module.trainable_variables]))), 3) for name, module in modules.items()}
 
   def record(updates):
-    """Appends one row to `curve`; returns the held-out frames and errors."""
+    """Appends one row to `curve` (replacing one at the same update, as a
+    resumed finished run has); returns the held-out frames and errors."""
     frames, error = evaluate()
     recent = losses[-50:]
+    if curve and curve[-1]['updates'] == updates:
+      curve.pop()
     curve.append({
         'updates': updates, **{k: round(v, 6) for k, v in error.items()},
         'model_train_episodes': round(evaluate(train_eps[:args.heldout])[1]['model'], 6),
@@ -200,32 +276,53 @@ def main():
     print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     return frames, error
 
-  losses, curve = [], []
-  start, eval_s, compile_s, interrupted = time.time(), 0.0, None, False
+  segment = {'start': len(losses), 'end': len(losses), 'train_s': 0.0,
+             'eval_s': 0.0, 'compile_s': 0.0, 'collect_s': round(collect_s, 1)}
+
+  def save():
+    """Keeps the run in --checkpoint: progress first, then the weights, each
+    written atomically (a kill between them leaves progress ahead, trimmed
+    on resume)."""
+    if ckpt:
+      write_json(ckpt / 'progress.json', {
+          'losses': losses, 'curve': curve, 'segments': segments + [segment]})
+      tfutils.save_checkpoint(wm, ckpt / 'world_model.pkl')
+
+  start, interrupted = time.time(), False
   # Shells start background jobs (`cmd &`) with SIGINT ignored; restore
-  # Python's handler so that `kill -INT` stops those runs early too.
+  # Python's handler so that `kill -INT` stops those runs early too. A plain
+  # `kill` (SIGTERM) stops the run the same way.
   signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.default_int_handler)
   try:
-    for i in range(args.updates):
-      metrics = {k: float(v) for k, v in train(next(dataset)).items()}
-      losses.append(metrics)
-      if i == 0:
-        compile_s = time.time() - start
+    for i in range(len(losses), args.updates):
+      metrics = train(next(dataset))
+      losses.append({k: float(metrics[k]) for k in LOSS_KEYS})
+      if i == segment['start']:
+        segment['compile_s'] = round(time.time() - start, 1)
         start = time.time()
+      segment['end'] = len(losses)
       if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
         begin = time.time()
         record(i + 1)
-        eval_s += time.time() - begin
+        segment['eval_s'] += time.time() - begin
+        segment['train_s'] = time.time() - start - segment['eval_s']
+        save()
   except KeyboardInterrupt:
     # Ctrl-C (SIGINT) ends training early; the report covers the updates done.
     interrupted = True
     print(f'Interrupted after {len(losses)} updates: reporting them.', file=sys.stderr, flush=True)
     if not losses:
       sys.exit('Interrupted before the first update finished: nothing to report.')
-  train_s = time.time() - start - eval_s
+  segment['train_s'] = round(time.time() - start - segment['eval_s'], 1)
+  segment['eval_s'] = round(segment['eval_s'], 1)
   done = len(losses)
   frames, error = record(done)
-  first, last = losses[0], {k: float(np.mean([m[k] for m in losses[-10:]])) for k in losses[0]}
+  save()
+  if segment['end'] > segment['start']:
+    segments.append(segment)
+  first = losses[0]
+  last = {k: float(np.mean([m[k] for m in losses[-10:]])) for k in first}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
   png = out / ('pong-world-model-openl-quick.png' if args.quick else 'pong-world-model-openl.png')
@@ -240,8 +337,10 @@ def main():
       'openl_mse': {k: round(v, 6) for k, v in error.items()},
       'openl_mse_curve': curve,
       'below_both_floors': error['model'] < min(error['mean_frame'], error['last_context_frame']),
-      'collect_s': round(collect_s, 1), 'compile_s': round(compile_s or 0.0, 1),
-      'train_s': round(train_s, 1), 'png': str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
+      'collect_s': round(collect_s, 1), 'compile_s': segments[0]['compile_s'],
+      'train_s': round(sum(s['train_s'] for s in segments), 1),
+      'segments': segments, 'checkpoint': str(ckpt) if ckpt else None,
+      'png': str(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png),
   }))
 
 
