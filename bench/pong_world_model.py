@@ -29,6 +29,7 @@ seed, config, ...) must match the ones DIR was made with.
 """
 
 import argparse
+import atexit
 import json
 import os
 import pathlib
@@ -218,8 +219,13 @@ def main():
     tf.random.set_seed(args.seed + done)
     print(f'Resuming {ckpt} after {done} updates.', file=sys.stderr, flush=True)
   # A resumed run samples a fresh stream of batches, not the ones already seen.
+  if ckpt:
+    directory = ckpt / 'train'
+  else:  # The episodes' files go when the script ends.
+    directory = tempfile.mkdtemp(prefix='pong_wm_')
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
   replay = replaylib.Replay(
-      ckpt / 'train' if ckpt else tempfile.mkdtemp(prefix='pong_wm_'),
+      directory,
       minlen=config.dataset.length, maxlen=config.dataset.length, prioritize_ends=True,
       seed=[args.seed, len(losses)] if losses else args.seed)
   if not resume:

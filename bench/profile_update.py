@@ -39,15 +39,14 @@ def main():
   import tensorflow as tf
   speed.sync(agent.train(data))  # Trace and warm up outside the profile.
   speed.sync(agent.train(data))
-  logdir = tempfile.mkdtemp(prefix='dreamer_profile_')
-  tf.profiler.experimental.start(logdir)
-  start = time.time()
-  for _ in range(args.calls):
-    speed.sync(agent.train(data))
-  seconds = (time.time() - start) / args.calls
-  tf.profiler.experimental.stop()
-
-  by_type, by_name = op_times(logdir)
+  with tempfile.TemporaryDirectory(prefix='dreamer_profile_') as logdir:
+    tf.profiler.experimental.start(logdir)
+    start = time.time()
+    for _ in range(args.calls):
+      speed.sync(agent.train(data))
+    seconds = (time.time() - start) / args.calls
+    tf.profiler.experimental.stop()
+    by_type, by_name = op_times(logdir)
   total = sum(by_type.values())
   top = lambda d: [
       {'op': k, 'ms_per_update': round(v / args.calls / 1e9, 2),

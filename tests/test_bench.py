@@ -106,6 +106,8 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
   assert result['interrupted'] is False and result['updates'] == 3, result
+  # The replay's episode files went with the script.
+  assert not list(tmp_path.glob('pong_wm_*')), list(tmp_path.iterdir())
 
 
 def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
@@ -134,6 +136,86 @@ def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
   assert result['openl_mse_curve'][-1]['updates'] == result['updates'], result
   assert all(is_finite(v) for v in result['openl_mse'].values()), result
   assert (tmp_path / 'out' / 'pong-world-model-openl-quick.png').exists()
+
+
+def test_pong_world_model_checkpoint_resumes_where_the_run_stopped(tmp_path):
+  ckpt, out = tmp_path / 'ckpt', str(tmp_path / 'out')
+  first = run_bench(['bench/pong_world_model.py', '--quick', '--updates', '4',
+                     '--checkpoint', str(ckpt), '--outdir', out], tmp_path)[-1]
+  assert sorted(p.name for p in ckpt.iterdir()) == [
+      'heldout', 'progress.json', 'run.json', 'train', 'world_model.pkl']
+  second = run_bench(['bench/pong_world_model.py', '--quick', '--updates', '6',
+                      '--checkpoint', str(ckpt), '--outdir', out], tmp_path)[-1]
+  # The optimizer's update count came back: training went on from 4, not 0.
+  assert second['updates'] == 6, second
+  assert [(s['start'], s['end']) for s in second['segments']] == [(0, 4), (4, 6)], second
+  assert [row['updates'] for row in second['openl_mse_curve']] == [2, 4, 6], second
+  # The first segment's losses and rows are the first run's, kept unchanged.
+  assert second['loss_start'] == first['loss_start'], (first, second)
+  assert second['openl_mse_curve'][:2] == first['openl_mse_curve'], (first, second)
+  assert second['train_episodes'] == first['train_episodes'], (first, second)
+  assert second['train_steps'] == first['train_steps'], (first, second)
+  # The weights came back: a third run has nothing to train and measures
+  # the restored model as the second run left it (the posterior context
+  # frames are deterministic; only the sampled rollouts differ).
+  third = run_bench(['bench/pong_world_model.py', '--quick', '--updates', '6',
+                     '--checkpoint', str(ckpt), '--outdir', out], tmp_path)[-1]
+  assert third['updates'] == 6 and len(third['segments']) == 2, third
+  assert third['openl_mse']['recon'] == pytest.approx(second['openl_mse']['recon'], rel=1e-3)
+
+
+def test_pong_world_model_checkpoint_refuses_other_settings(tmp_path):
+  ckpt = tmp_path / 'ckpt'
+  run_bench(['bench/pong_world_model.py', '--quick', '--updates', '2',
+             '--checkpoint', str(ckpt), '--outdir', str(tmp_path / 'out')], tmp_path)
+  before = (ckpt / 'progress.json').read_text()
+  result = subprocess.run(
+      [sys.executable, 'bench/pong_world_model.py', '--quick', '--seed', '1',
+       '--checkpoint', str(ckpt), '--config', '--model_opt.lr', '1e-3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert '--seed 0 there, 1 here' in result.stderr, result.stderr[-2000:]
+  assert "'--model_opt.lr', '1e-3'" in result.stderr, result.stderr[-2000:]
+  # Refused before any work: TensorFlow was not even imported.
+  assert 'tensorflow' not in result.stderr.lower(), result.stderr[-2000:]
+  assert (ckpt / 'progress.json').read_text() == before
+
+
+TINY_AGENT = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
+              '--rssm.discrete', '4', '--encoder.cnn_depth', '4', '--decoder.cnn_depth', '4',
+              '--reward_head.units', '16', '--discount_head.units', '16',
+              '--actor.units', '16', '--critic.units', '16', '--dataset.length', '10',
+              '--imag_horizon', '3']
+
+
+def test_profile_update_reports_the_top_ops_and_removes_its_trace(tmp_path):
+  result = run_bench(['bench/profile_update.py', '--calls', '1', '--batch', '2', '--top', '3',
+                      '--config'] + TINY_AGENT, tmp_path)[-1]
+  assert is_finite(result['update_s']) and result['update_s'] > 0, result
+  assert is_finite(result['op_ms_per_update']) and result['op_ms_per_update'] > 0, result
+  for key in ('top_types', 'top_ops'):
+    assert len(result[key]) == 3, result
+    assert all(row['op'] and is_finite(row['ms_per_update']) and 0 < row['share'] <= 1
+               for row in result[key]), result
+  assert not list(tmp_path.glob('dreamer_profile_*')), list(tmp_path.iterdir())
+
+
+def test_env_speed_reports_steps_per_second(tmp_path):
+  result = run_bench(['bench/env_speed.py', '--steps', '200'], tmp_path)[-1]
+  assert result['task'] == 'atari_pong' and result['steps'] == 200, result
+  for key in ('env_steps_per_second', 'env_frames_per_second', 'driver_steps_per_second'):
+    assert is_finite(result[key]) and result[key] > 0, (key, result)
+  assert result['env_frames_per_second'] == pytest.approx(
+      result['env_steps_per_second'] * result['action_repeat'], rel=0.01), result
+
+
+def test_plot_speed_plots_the_generated_runs(tmp_path):
+  result = run_bench(['bench/plot_speed.py', '--tasks', '2', '--methods', '2', '--seeds', '2',
+                      '--lines', '20'], tmp_path)[-1]
+  assert result['runs'] == 8, result
+  assert is_finite(result['plot_seconds']) and result['plot_seconds'] > 0, result
+  assert all(size > 0 for size in result['output_bytes'].values()), result
+  assert set(result['output_bytes']) >= {'curves.json', 'curves.png'}, result
 
 
 def test_bias_grad_shows_add_bias_matching_the_float32_sum(tmp_path):
