@@ -47,10 +47,10 @@ QUICK = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
          '--reward_head.units', '16', '--discount_head.units', '16']
 
 
-# The arguments that shape a run: a checkpoint resumes only with the same ones.
 # The per-update metrics kept (and saved) for the report.
 LOSS_KEYS = ('image_loss', 'reward_loss', 'kl_loss', 'model_loss', 'post_ent', 'prior_ent',
              'model_grad_norm')
+# The arguments that shape a run: a checkpoint resumes only with the same ones.
 RUN_KEYS = ('episodes', 'heldout', 'batch', 'precision', 'seed', 'quick', 'config')
 
 
@@ -218,12 +218,12 @@ def main():
                 if s['start'] < done]
     tf.random.set_seed(args.seed + done)
     print(f'Resuming {ckpt} after {done} updates.', file=sys.stderr, flush=True)
-  # A resumed run samples a fresh stream of batches, not the ones already seen.
   if ckpt:
     directory = ckpt / 'train'
   else:  # The episodes' files go when the script ends.
     directory = tempfile.mkdtemp(prefix='pong_wm_')
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  # A resumed run samples a fresh stream of batches, not the ones already seen.
   replay = replaylib.Replay(
       directory,
       minlen=config.dataset.length, maxlen=config.dataset.length, prioritize_ends=True,
