@@ -346,6 +346,10 @@ def _help(config, names, blocks, prog):
       '--configs applies them left to right over defaults; flags then set any',
       'key, dotted for nested keys (--rssm.deter 600). Keys and values after',
       f"--configs {' '.join(names)}:",
+      '',
+      'Schedules (actor_ent, actor_grad_mix) are a number or, over agent steps,',
+      'linear(initial,final,duration), warmup(duration,value),',
+      'exp(initial,final,halflife), horizon(initial,final,duration).',
       '']
   for key, value in flat.items():
     lines.append(f'  --{key:<{width}} {_format(value)}')

@@ -214,7 +214,7 @@ class Atari:
 
   Sticky actions (the ALE repeats the previous action with probability
   0.25 per frame), `action_repeat` frames per agent step with the last two
-  frames max-pooled, a random number of no-op frames in [0, noops] at reset,
+  frames max-pooled, a random number of no-op frames in [1, noops] at reset,
   grayscale, area-resized, the full action set of 18 and no terminal at a
   life loss (unless life_done). Actions are indices into the action set.
   """
@@ -263,7 +263,9 @@ class Atari:
 
   def reset(self):
     self._ale.reset_game()
-    for _ in range(self._random.randint(self._noops + 1)):
+    # 1 to noops no-ops, as gym's AtariPreprocessing draws them.
+    noops = self._random.randint(1, self._noops + 1) if self._noops else 0
+    for _ in range(noops):
       self._ale.act(self._actions[0])  # Index 0 is NOOP in both sets.
       if self._ale.game_over():
         self._ale.reset_game()

@@ -5,6 +5,13 @@
       --baselines scores/atari-dreamerv2.json --stats
   python3 common/plot.py --baselines scores/atari-dreamerv2.json \
       --tasks atari_pong --outdir /tmp/p
+  python3 common/plot.py --indir ~/logdir --outdir ~/plots \
+      --compare scores/atari-dreamerv2.json
+
+With --compare, a table (and <name>_compare.json) says per task and method
+where the runs stand among the published seeds: below, within or above their
+range, at the largest frame count every seed reached and at earlier bin
+edges (see `compare`). --indir also takes score files of runs (.json).
 
 A run is read from .../<task>/<method>/<seed>/metrics.jsonl. Every curve, read
 or written, is {task, method, seed, xs, ys}: the format of the published score
@@ -301,6 +308,145 @@ def stats_table(stats):
   return '\n'.join([header] + rows)
 
 
+# Comparison with published seeds ---------------------------------------------
+
+def value_at(xs, ys, x):
+  """A curve's value at x, linear between its points; None outside its range."""
+  xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+  if not xs.size or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
+    return None
+  return float(np.interp(x, xs, ys))
+
+
+def window_mean(xs, ys, x, width):
+  """Mean of the points in (x - width, x]: a run's binned value at x. None
+  when the window is empty."""
+  xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+  inside = (xs > x - width + 1e-9) & (xs <= x + 1e-9)
+  return float(ys[inside].mean()) if inside.any() else None
+
+
+def published_values(curves, x):
+  """Each published seed's value at x (its binned value on a bin edge,
+  interpolated between edges); seeds whose curve does not reach x drop out."""
+  values = [value_at(c['xs'], c['ys'], x) for c in curves]
+  return [v for v in values if v is not None]
+
+
+def summarize(values):
+  return {'median': float(np.median(values)), 'min': float(np.min(values)),
+          'max': float(np.max(values))}
+
+
+def bin_width(curves):
+  """The bin width of binned curves: the most common spacing of their xs."""
+  steps = np.concatenate([np.diff(np.asarray(c['xs'], float)) for c in curves])
+  steps = steps[steps > 0]
+  if not steps.size:
+    return None
+  values, counts = np.unique(np.round(steps, 6), return_counts=True)
+  return float(values[np.argmax(counts)])
+
+
+def compare_points(final, width, count=10):
+  """Frame counts to compare at: bin edges up to `final` (at most `count`,
+  evenly spaced, the last one `final` itself)."""
+  edges = np.arange(1, int(final // width + 1e-9) + 1) * width
+  if len(edges) > count:
+    edges = edges[np.linspace(0, len(edges) - 1, count).round().astype(int)]
+  points = [float(x) for x in edges if x < final - 1e-9] + [float(final)]
+  return sorted(set(points))
+
+
+def verdict(value, published):
+  if value < min(published):
+    return 'below'
+  if value > max(published):
+    return 'above'
+  return 'within'
+
+
+def compare(runs, published, at=None, bins=None):
+  """Where runs stand among published seeds, per task and method.
+
+  runs, published: curves {task, method, seed, xs, ys} (runs may be unbinned;
+  all published methods of a task are pooled as its seeds). Each run seed's
+  value at frame x is its mean over (x - bins, x], the bin that ends at x;
+  each published seed's value is its curve at x (its binned value at a bin
+  edge). bins defaults to the published curves' own bin width. at: frame
+  counts to compare at (default: bin edges up to the largest frame count
+  that every seed of the task reached, that count included).
+
+  Returns {'rows': [...], 'unpublished': tasks without a published curve,
+  'short': [(task, method, reason)] for runs that reach no published point}.
+  Each row: task, method, seeds, published_seeds, bins, points (frames,
+  runs_mean, runs per seed, published median/min/max, rank = published seeds
+  below the runs' mean, verdict) and the last point's verdict.
+  """
+  by_task = collections.defaultdict(list)
+  for curve in published:
+    by_task[curve['task']].append(curve)
+  rows, unpublished, short = [], [], []
+  for (task, method), seeds in group(runs).items():
+    reference = by_task.get(task)
+    if not reference:
+      unpublished.append(task)
+      continue
+    width = bins or bin_width(reference)
+    first = min(float(c['xs'][0]) for c in reference if len(c['xs']))
+    reached = min(float(np.max(c['xs'])) for c in seeds if len(c['xs']))
+    if reached < first - 1e-9:
+      short.append((task, method, (
+          f'the runs reach {reached:g} frames, before the first published '
+          f'point at {first:g}')))
+      continue
+    points = sorted(at) if at else compare_points(reached, width)
+    rows_points = []
+    for x in points:
+      values = {str(c['seed']): window_mean(c['xs'], c['ys'], x, width)
+                for c in seeds}
+      values = {seed: v for seed, v in values.items() if v is not None}
+      others = published_values(reference, x)
+      if not values or not others:
+        continue
+      mean = float(np.mean(list(values.values())))
+      rows_points.append({
+          'frames': x, 'runs_mean': mean, 'runs': values,
+          'published': summarize(others), 'published_seeds': len(others),
+          'rank': int(sum(v < mean for v in others)),
+          'verdict': verdict(mean, others)})
+    if not rows_points:
+      short.append((task, method, (
+          f'no seed has a value in the bins ending at '
+          f'{", ".join(f"{x:g}" for x in points)} frames')))
+      continue
+    rows.append({
+        'task': task, 'method': method, 'seeds': len(seeds),
+        'published_seeds': len(reference), 'bins': width,
+        'points': rows_points, 'frames': rows_points[-1]['frames'],
+        'verdict': rows_points[-1]['verdict']})
+  return {'rows': rows, 'unpublished': sorted(set(unpublished)), 'short': short}
+
+
+def compare_table(result):
+  header = (f"{'task':<24} {'method':<20} {'frames':>8} {'runs':>9} "
+            f"{'pub median':>10} {'pub min':>9} {'pub max':>9} {'rank':>6}  verdict")
+  lines = [header]
+  for row in result['rows']:
+    for point in row['points']:
+      published = point['published']
+      lines.append(
+          f"{row['task']:<24} {row['method']:<20} {point['frames']:>8.3g} "
+          f"{point['runs_mean']:>9.1f} {published['median']:>10.1f} "
+          f"{published['min']:>9.1f} {published['max']:>9.1f} "
+          f"{point['rank']:>3}/{point['published_seeds']:<2}  {point['verdict']}")
+  for task in result['unpublished']:
+    lines.append(f'{task:<24} no published curve')
+  for task, method, reason in result['short']:
+    lines.append(f'{task:<24} {method:<20} not compared: {reason}')
+  return '\n'.join(lines)
+
+
 # Figure ----------------------------------------------------------------------
 
 def plot(curves, tasks, methods, args, stats=None):
@@ -409,12 +555,29 @@ def run(args):
   # Read everything (and fail on bad input) before drawing anything.
   reference = load_reference(args.stats_baselines) if args.stats else None
   runs = []
-  if args.indir:
-    runs = load_runs(args.indir, args.xaxis, args.yaxis, args.tasks,
+  indirs = [path for path in args.indir or [] if path.suffix != '.json']
+  if indirs:
+    runs = load_runs(indirs, args.xaxis, args.yaxis, args.tasks,
                      args.methods)
+  for filename in args.indir or []:
+    if filename.suffix == '.json':  # A score file of runs, as plot.py writes.
+      runs += [c for c in load_scores(filename) if selected(c['task'], args.tasks)
+               and selected(c['method'], args.methods)]
+  if args.indir and not runs:
+    raise PlotError('No runs left after --tasks / --methods.')
+  comparison = None
+  if args.compare:
+    if not runs:
+      raise PlotError('--compare needs runs: give --indir (logdirs or a score file).')
+    comparison = compare(runs, load_scores(args.compare), args.compare_at, args.bins)
+    if not comparison['rows']:
+      raise PlotError('--compare: no run could be compared with '
+                      f'{args.compare}:\n{compare_table(comparison)}')
   run_methods = {run['method'] for run in runs}
   baselines = []
-  for filename in args.baselines or []:
+  compare_files = [args.compare] if args.compare and args.compare not in (
+      args.baselines or []) else []
+  for filename in (args.baselines or []) + compare_files:
     for curve in load_scores(filename):
       if curve['method'] in run_methods:
         # Keep published curves apart from a run of the same method name.
@@ -465,11 +628,16 @@ def run(args):
     if stats:
       filenames.append(args.outdir / f'{args.name}_stats.json')
       write_json(filenames[-1], stats)
+    if comparison:
+      filenames.append(args.outdir / f'{args.name}_compare.json')
+      write_json(filenames[-1], {**comparison, 'compare': str(args.compare)})
   except OSError as error:
     raise PlotError(f'Cannot write to --outdir {args.outdir}: '
                     f'{error.strerror}.')
   if stats:
     print(stats_table(stats))
+  if comparison:
+    print(compare_table(comparison))
   print(f'{len(curves)} curves, {len(tasks)} tasks, {len(methods)} methods: '
         + ', '.join(str(f) for f in filenames))
 
@@ -488,7 +656,8 @@ def parse_args(argv):
       description='Plot learning curves of runs and published score files.')
   parser.add_argument(
       '--indir', nargs='+', type=pathlib.Path,
-      help='directories searched for <task>/<method>/<seed>/metrics.jsonl')
+      help='directories searched for <task>/<method>/<seed>/metrics.jsonl, '
+           'or score files (.json) of runs')
   parser.add_argument('--outdir', type=pathlib.Path, required=True)
   parser.add_argument('--name', default='curves',
                       help='file stem of the outputs (default: curves)')
@@ -515,6 +684,15 @@ def parse_args(argv):
   parser.add_argument(
       '--baselines', nargs='+', metavar='FILE',
       help='score files ({task, method, seed, xs, ys} lists) drawn beside the runs')
+  parser.add_argument(
+      '--compare', type=pathlib.Path, metavar='FILE',
+      help='a published score file: print and write (<name>_compare.json) '
+           'where the runs stand among its seeds (below, within or above '
+           'their range) at the largest frame count all seeds reached and '
+           'earlier bin edges; the file is drawn beside the runs')
+  parser.add_argument(
+      '--compare_at', nargs='+', type=float, metavar='FRAMES',
+      help='frame counts for --compare (default: bin edges up to the end)')
   parser.add_argument(
       '--stats', action='store_true',
       help='add a panel, table and JSON of normalised final scores per method')

@@ -113,7 +113,7 @@ class Optimizer(tf.Module):
 def schedule(string):
   """Parses a schedule once into a function of the step (a tensor):
   a constant ('1e-3'), 'linear(initial, final, duration)',
-  'warmup(final, duration)', 'exp(initial, final, halflife)',
+  'warmup(duration, value)', 'exp(initial, final, halflife)',
   'horizon(initial, final, duration)'."""
   string = str(string).strip()
   try:
@@ -126,24 +126,26 @@ def schedule(string):
   if not match or match.group(1) not in kinds:
     raise ValueError(
         f'bad schedule {string!r}: use a number or one of '
-        'linear(a,b,n), warmup(a,n), exp(a,b,halflife), horizon(a,b,n)')
+        'linear(a,b,n), warmup(n,a), exp(a,b,halflife), horizon(a,b,n)')
   kind = match.group(1)
   try:
     args = [float(x) for x in match.group(2).split(',')]
   except ValueError:
     args = None
   if args is None or len(args) != {'warmup': 2}.get(kind, 3):
+    example = {'linear': 'linear(3e-3,3e-4,2.5e6)', 'warmup': 'warmup(1e4,1e-3)',
+               'exp': 'exp(1e-2,1e-3,1e5)', 'horizon': 'horizon(10,100,1e6)'}[kind]
     raise ValueError(
         f'bad schedule {string!r}: {kind} takes '
-        f'{ {"warmup": 2}.get(kind, 3)} numbers, e.g. linear(3e-3,3e-4,2.5e6)')
+        f'{ {"warmup": 2}.get(kind, 3)} numbers, e.g. {example}')
   def fraction(step, duration):
     return tf.clip_by_value(tf.cast(step, tf.float32) / duration, 0, 1)
   if kind == 'linear':
     initial, final, duration = args
     return lambda step: (1 - fraction(step, duration)) * initial + fraction(step, duration) * final
   if kind == 'warmup':
-    final, duration = args
-    return lambda step: fraction(step, duration) * final
+    duration, value = args  # The original's order: warmup(duration, value).
+    return lambda step: fraction(step, duration) * value
   if kind == 'exp':
     initial, final, halflife = args
     return lambda step: (initial - final) * 0.5 ** (tf.cast(step, tf.float32) / halflife) + final

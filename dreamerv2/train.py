@@ -278,6 +278,13 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop):
       # episode in progress then continues with the agent (no reset), so the
       # replay never joins two episodes into one.
       train_driver(random_policy, steps=prefill, episodes=1)
+      if eval_envs:
+        # As the published release: one random-policy evaluation episode, so
+        # the curve starts at the prefill step and the eval replay has an
+        # episode for the first open-loop video.
+        eval_driver(make_random_policy(act_space['action'], config.seed + 1000),
+                    episodes=1)
+        eval_driver.reset()
     if not train_replay.stats['loaded_episodes']:
       raise ConfigError(
           f'the train replay holds no episode of at least replay.minlen = '

@@ -371,7 +371,9 @@ def at(schedule, steps):
 def test_schedules_parse_constants_linear_and_warmup():
   assert at(tfutils.schedule('1e-3'), [0, 10 ** 6]) == pytest.approx([1e-3, 1e-3])
   assert at(tfutils.schedule('linear(1,0,10)'), [0, 5, 10, 20]) == pytest.approx([1, 0.5, 0, 0])
-  assert at(tfutils.schedule('warmup(1,10)'), [0, 5, 10, 20]) == pytest.approx([0, 0.5, 1, 1])
+  # warmup(duration, value), in the original's order.
+  assert at(tfutils.schedule('warmup(100,1e-3)'), [0, 50, 100, 200]) == pytest.approx(
+      [0, 5e-4, 1e-3, 1e-3])
   assert at(tfutils.schedule(' linear(0.1, 0.3, 100) '), [50]) == pytest.approx([0.2])
 
 

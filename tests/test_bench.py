@@ -238,3 +238,39 @@ def test_dreamer_learns_minigrid_empty_from_pixels(tmp_path):
   run = result['runs'][0]
   assert run['first_step_at_target'] is not None, run
   assert max(run['ys']) >= 0.9 > result['random_floor']
+
+
+def test_learn_dmc_quick_resumes_and_reports_every_figure(tmp_path):
+  # Two sittings of a tiny model: the second resumes what the first saved.
+  logdir = tmp_path / 'runs'
+  (result,) = run_bench(
+      ['bench/learn_dmc.py', '--quick', '--logdir', str(logdir)], tmp_path,
+      timeout=240)
+  assert result['complete'] and result['quick']
+  (run,) = result['runs']
+  assert run['sittings'] == 2
+  sittings = [json.loads(line) for line in (
+      logdir / 'dmc_walker_walk' / 'dreamerv2_tf2' / '0' / 'sittings.jsonl'
+  ).read_text().splitlines()]
+  assert [s['exit'] for s in sittings] == [0, 0]
+  # The second sitting starts where the first ended and reaches the end.
+  assert sittings[1]['start_step'] == sittings[0]['end_step'] > 0
+  assert sittings[1]['start_updates'] == sittings[0]['end_updates'] > 0
+  assert sittings[1]['end_step'] >= result['frames'] // 2
+  assert run['updates'] > sittings[0]['end_updates']
+  # Evaluations every 350 agent steps = 700 frames, from both sittings.
+  assert run['frames'][-1] >= 1400 and len(run['frames']) >= 2
+  assert all(is_finite(y) for y in run['eval_return'])
+  assert is_finite(run['wall_s']) and run['wall_s'] > 0
+  for key in ('agent_steps_per_s', 'updates_per_s'):
+    assert is_finite(run[key]) and run[key] > 0
+  assert is_finite(result['random_floor'])
+  # 1400 frames come before the published curves' first point (30k): the
+  # report says so instead of comparing.
+  assert 'first point is at 30000' in result['target']['error']
+  (reason,) = result['compare']['short']
+  assert 'before the first published point at 30000' in reason
+  assert result['published'] == {}
+  scores = json.loads(pathlib.Path(result['scores']).read_text())
+  assert scores[0]['method'] == 'dreamerv2_tf2' and scores[0]['xs'] == run['frames']
+  assert pathlib.Path(result['png']).stat().st_size > 0

@@ -29,7 +29,7 @@ def parse_error(argv, capsys):
 
 def test_later_config_wins_then_flags_win():
   config = parse(['--configs', 'defaults', 'atari', 'debug'])
-  assert config.prefill == 100           # debug over atari's 200000
+  assert config.prefill == 100           # debug over atari's 50000
   assert config.dataset.batch == 10      # debug over atari's 50
   assert config.eval_every == 300
   assert config.rssm.deter == 600        # atari, untouched by debug
@@ -54,7 +54,13 @@ def test_atari_block_is_the_published_scores_release():
   config = parse(['--configs', 'defaults', 'atari'])
   assert config.task == 'atari_pong'
   assert config.dataset.batch == 50 and config.dataset.length == 50
-  assert config.prefill == 200000
+  # The published-scores release wrote these in env frames and divided them
+  # by the action repeat; this project's keys count agent steps.
+  published_frames = {'steps': 2e8, 'prefill': 200000, 'log_every': 1e5,
+                      'eval_every': 1e5, 'time_limit': 108000}
+  for key, frames in published_frames.items():
+    assert config[key] == frames // config.action_repeat, key
+  assert config.eval_eps == 1
   assert config.rssm.hidden == 600 and config.rssm.deter == 600
   assert config.model_opt.lr == 2e-4
   assert config.actor_opt.lr == 4e-5
@@ -66,7 +72,6 @@ def test_atari_block_is_the_published_scores_release():
   assert config.action_repeat == 4
   assert config.train_every == 16
   assert config.steps == 50_000_000 and isinstance(config.steps, int)
-  assert config.log_every == 100000 and config.eval_every == 100000
   assert config.encoder.cnn_keys == 'image' and config.encoder.mlp_keys == '$^'
 
 
@@ -202,7 +207,7 @@ def test_help_lists_every_key_with_its_value(capsys):
   values = dict(line.split() for line in lines if line.startswith('  --'))
   assert len(values) == len(parse([]).flat)
   assert values['--rssm.deter'] == '600'
-  assert values['--prefill'] == '200000'
+  assert values['--prefill'] == '50000'
   assert values['--render_size'] == '64,64'
   assert values['--logdir'] == "''"
   with pytest.raises(SystemExit):

@@ -229,3 +229,84 @@ def test_an_unreadable_line_is_skipped_with_a_warning(tmp_path):
       f'{logdir / "metrics.jsonl"}')
   (curve,) = json.loads((tmp_path / 'out' / 'curves.json').read_text())
   assert curve['xs'] == [1, 3] and curve['ys'] == [1, 3]
+
+
+def published_band(seeds=5):
+  """Synthetic published seeds binned at 10 frames: seed k returns k at
+  every bin edge 10, 20, ..., 100 (band [0, seeds - 1])."""
+  return [{'task': 'atari_pong', 'method': 'dreamerv2', 'seed': str(k),
+           'xs': np.arange(10., 101., 10.), 'ys': np.full(10, float(k))}
+          for k in range(seeds)]
+
+
+@pytest.mark.parametrize('level, word, rank', [
+    (-1.0, 'below', 0), (2.5, 'within', 3), (7.0, 'above', 5)])
+def test_compare_says_where_runs_stand_among_published_seeds(level, word, rank):
+  # Two run seeds evaluated every 5 frames up to 60, around `level`: their
+  # binned value at 60 is the mean over (50, 60], i.e. `level` itself.
+  runs = [{'task': 'atari_pong', 'method': 'mine', 'seed': str(s),
+           'xs': np.arange(5., 61., 5.), 'ys': np.full(12, level + d)}
+          for s, d in ((0, -0.5), (1, 0.5))]
+  result = plot.compare(runs, published_band())
+  (row,) = result['rows']
+  assert row['bins'] == 10 and row['frames'] == 60  # All seeds reached 60.
+  assert [p['frames'] for p in row['points']] == [10, 20, 30, 40, 50, 60]
+  last = row['points'][-1]
+  assert last['runs'] == {'0': level - 0.5, '1': level + 0.5}
+  assert last['runs_mean'] == pytest.approx(level)
+  assert last['published'] == {'median': 2.0, 'min': 0.0, 'max': 4.0}
+  assert (last['verdict'], last['rank'], row['verdict']) == (word, rank, word)
+
+
+def test_compare_uses_the_bin_ending_at_each_frame_count():
+  runs = [{'task': 'atari_pong', 'method': 'mine', 'seed': '0',
+           'xs': np.array([12., 18., 21., 30.]), 'ys': np.array([1., 3., 5., 9.])}]
+  (row,) = plot.compare(runs, published_band(), at=[20, 25])['rows']
+  # (10, 20] holds 12 and 18; with --compare_at 25, (15, 25] holds 18 and 21.
+  assert [p['runs_mean'] for p in row['points']] == [2.0, 4.0]
+
+
+def test_compare_lists_unpublished_tasks_and_runs_too_short():
+  runs = [
+      {'task': 'atari_unknown', 'method': 'mine', 'seed': '0',
+       'xs': np.array([10.]), 'ys': np.array([1.])},
+      {'task': 'atari_pong', 'method': 'short', 'seed': '0',
+       'xs': np.array([5.]), 'ys': np.array([1.])}]
+  result = plot.compare(runs, published_band())
+  assert result['rows'] == [] and result['unpublished'] == ['atari_unknown']
+  ((task, method, reason),) = result['short']
+  assert (task, method) == ('atari_pong', 'short')
+  assert 'reach 5 frames, before the first published point at 10' in reason
+
+
+def test_compare_a_copy_of_a_published_pong_seed_is_within(tmp_path):
+  published = plot.load_scores(SCORES / 'atari-dreamerv2.json')
+  seed = next(c for c in published if c['task'] == 'atari_pong')
+  copy = {'task': 'atari_pong', 'method': 'copy', 'seed': '0',
+          'xs': seed['xs'][:10].tolist(), 'ys': seed['ys'][:10].tolist()}
+  (tmp_path / 'runs.json').write_text(json.dumps([copy]))
+  result = run_script(
+      '--indir', tmp_path / 'runs.json', '--outdir', tmp_path / 'out',
+      '--compare', SCORES / 'atari-dreamerv2.json')
+  assert result.returncode == 0, result.stderr
+  table = [line.split() for line in result.stdout.splitlines()
+           if line.startswith('atari_pong')]
+  # Bins of 1M frames (the file's own), every 1M frames up to 10M.
+  assert [float(line[2]) for line in table] == [i * 1e6 for i in range(1, 11)]
+  assert {line[-1] for line in table} == {'within'}
+  written = json.loads((tmp_path / 'out' / 'curves_compare.json').read_text())
+  (row,) = written['rows']
+  assert row['published_seeds'] == 11 and row['verdict'] == 'within'
+  # The published curves are drawn beside the run.
+  curves = json.loads((tmp_path / 'out' / 'curves.json').read_text())
+  assert {c['method'] for c in curves} == {'copy', 'dreamerv2', 'nosched'}
+
+
+def test_compare_with_no_comparable_run_is_one_line(tmp_path):
+  synthetic_tree(tmp_path / 'logdir', tasks=('crafter_reward',),
+                 methods=('mine',), seeds=(1,))
+  result = run_script('--indir', tmp_path / 'logdir', '--outdir', tmp_path / 'out',
+                      '--compare', SCORES / 'atari-dreamerv2.json')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'no run could be compared' in result.stderr
+  assert 'crafter_reward' in result.stderr and 'no published curve' in result.stderr

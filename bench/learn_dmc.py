@@ -1,0 +1,365 @@
+"""Learning against a published curve: DMC from pixels, the dmc_vision config.
+
+Each seed trains with the command line users run, in a child process:
+
+  python3 dreamerv2/train.py --configs defaults dmc_vision --task TASK \\
+      --seed S --logdir DIR/TASK/dreamerv2/S --steps FRAMES/2 --eval_every 5000
+
+Only `steps` and `eval_every` differ from the unchanged dmc_vision block
+(evaluation every 5000 agent steps = 10k frames, one episode each). The same
+command resumes every seed where its logdir stopped (train.py resumes a
+logdir), so a run may span sittings: each sitting is appended to
+DIR/TASK/dreamerv2/S/sittings.jsonl and the wall times are summed over them.
+Prints ONE JSON line: per seed the eval curve, updates, wall time and loop
+speed; the published seeds' median, min and max at the same frames; the
+random policy's return (measured, --floor_episodes episodes); the target
+check and the verdict of `common/plot.py --compare` at --frames. Writes the
+curves to scores/dmc-walker-walk.json (published format, method
+`dreamerv2_tf2`) and a PNG drawn by common/plot.py beside the published seeds.
+
+  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 --seeds 0 --logdir ~/runs/dmc
+  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 --seeds 0 1 2 --logdir ~/runs/dmc
+  python3 bench/learn_dmc.py --quick      # < 2 min: two sittings of a tiny model, JSON complete
+
+Ctrl-C (or SIGTERM) stops the children, which save their checkpoints.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import plot as plot_lib  # noqa: E402 (no TensorFlow)
+
+METHOD = 'dreamerv2_tf2'
+PUBLISHED = ROOT / 'scores' / 'dmc-vision-dreamerv2.json'
+ACTION_REPEAT = 2  # The dmc_vision block's; frames = agent steps * 2.
+# --quick only: a tiny model, a short prefill and 100-step episodes, so that
+# two sittings fit in CI. The learning run never passes these.
+QUICK = [
+    '--rssm.deter', '16', '--rssm.hidden', '16', '--rssm.stoch', '4',
+    '--rssm.discrete', '4', '--encoder.cnn_depth', '2',
+    '--decoder.cnn_depth', '2', '--reward_head.units', '16',
+    '--actor.units', '16', '--critic.units', '16', '--dataset.batch', '2',
+    '--dataset.length', '8', '--prefill', '100', '--pretrain', '1',
+    '--train_every', '50', '--log_every', '250', '--imag_horizon', '3',
+    '--precision', '32', '--time_limit', '100']
+
+
+def seed_logdir(root, task, seed):
+  return pathlib.Path(root).expanduser() / task / METHOD / str(seed)
+
+
+def train_command(args, seed, steps):
+  command = [
+      sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
+      '--configs', 'defaults', 'dmc_vision', '--task', args.task,
+      '--seed', str(seed), '--logdir', str(seed_logdir(args.logdir, args.task, seed)),
+      '--steps', str(steps), '--eval_every', str(args.eval_every)]
+  return command + (QUICK if args.quick else [])
+
+
+def stored_steps(logdir):
+  """Agent steps in the logdir's finished train episodes (as train.py counts)."""
+  total = 0
+  for filename in (logdir / 'train_episodes').glob('*.npz'):
+    try:
+      total += int(filename.stem.rsplit('-', 1)[1])
+    except (IndexError, ValueError):
+      pass
+  return total
+
+
+def eval_curve(logdir):
+  """[(frames, eval_return)] from metrics.jsonl, one point per frame count."""
+  points = {}
+  path = logdir / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue  # A line cut off by a kill.
+    if 'eval_return' in record:
+      points.setdefault(record['step'], []).append(record['eval_return'])
+  return [(step, sum(v) / len(v)) for step, v in sorted(points.items())]
+
+
+def updates_made(logdir):
+  """The world model's optimizer step count from the checkpoint, or 0."""
+  path = logdir / 'variables.pkl'
+  if not path.exists():
+    return 0
+  with open(path, 'rb') as f:
+    values = pickle.load(f)
+  return int(values.get('wm/model_opt/updates', 0))
+
+
+def sittings(logdir):
+  """The sittings recorded in sittings.jsonl; a sitting whose end was not
+  written (the benchmark itself was killed) ends at the logdir's newest file."""
+  path = logdir / 'sittings.jsonl'
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  done = []
+  for record in records:
+    if 'end' not in record:
+      newest = max((p.stat().st_mtime for p in logdir.rglob('*') if p.is_file()),
+                   default=record['start'])
+      record = {**record, 'end': max(record['start'], newest), 'estimated_end': True}
+    done.append(record)
+  return done
+
+
+def code_version():
+  """The commit the children run (with '+changes' when the tree is dirty)."""
+  try:
+    commit = subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+        text=True, check=True).stdout.strip()
+    dirty = subprocess.run(
+        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+        capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return commit + ('+changes' if dirty else '')
+
+
+def append_line(path, record):
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def finished(args, seed, steps):
+  logdir = seed_logdir(args.logdir, args.task, seed)
+  curve = eval_curve(logdir)
+  return (stored_steps(logdir) >= steps and bool(curve)
+          and curve[-1][0] >= steps * ACTION_REPEAT)
+
+
+def run_seeds(args, seeds, steps):
+  """Trains the seeds, args.jobs at a time; returns once all have ended."""
+  env = {**os.environ, 'MUJOCO_GL': os.environ.get('MUJOCO_GL', 'egl')}
+  if args.jobs > 1:
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env.update(TF_NUM_INTRAOP_THREADS=threads, OMP_NUM_THREADS=threads)
+  pending = [seed for seed in seeds if not finished(args, seed, steps)]
+  running = {}
+  stopping = False
+
+  def stop(signum, frame):
+    nonlocal stopping
+    stopping = True
+    for process, _ in running.values():
+      process.send_signal(signal.SIGINT)
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    while pending or running:
+      while pending and len(running) < args.jobs and not stopping:
+        seed = pending.pop(0)
+        logdir = seed_logdir(args.logdir, args.task, seed)
+        logdir.mkdir(parents=True, exist_ok=True)
+        record = {'start': time.time(), 'start_step': stored_steps(logdir),
+                  'start_updates': updates_made(logdir), 'jobs': args.jobs,
+                  'commit': code_version()}
+        append_line(logdir / 'sittings.jsonl', record)
+        output = open(logdir / 'train.log', 'a')
+        process = subprocess.Popen(
+            train_command(args, seed, steps), cwd=ROOT, env=env,
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        running[seed] = (process, output)
+      time.sleep(1)
+      for seed, (process, output) in list(running.items()):
+        if process.poll() is None:
+          continue
+        output.close()
+        del running[seed]
+        logdir = seed_logdir(args.logdir, args.task, seed)
+        lines = (logdir / 'sittings.jsonl').read_text().splitlines()
+        record = {**json.loads(lines[-1]), 'end': time.time(),
+                  'end_step': stored_steps(logdir),
+                  'end_updates': updates_made(logdir), 'exit': process.returncode}
+        lines[-1] = json.dumps(record)
+        (logdir / 'sittings.jsonl').write_text('\n'.join(lines) + '\n')
+        if process.returncode != 0 and not stopping:
+          tail = (logdir / 'train.log').read_text()[-2000:]
+          raise SystemExit(
+              f'learn_dmc.py: seed {seed} exited {process.returncode}; '
+              f'the end of {logdir / "train.log"}:\n{tail}')
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return not stopping
+
+
+def random_floor(args):
+  """Mean return of uniform random actions, cached in DIR/TASK/random_floor.json."""
+  path = pathlib.Path(args.logdir).expanduser() / args.task / 'random_floor.json'
+  if path.exists():
+    cached = json.loads(path.read_text())
+    if cached['episodes'] == args.floor_episodes:
+      return cached
+  os.environ.setdefault('MUJOCO_GL', 'egl')
+  import numpy as np
+  from common import envs
+  env = envs.make(args.task, 'eval', action_repeat=ACTION_REPEAT, seed=12345)
+  rng = np.random.default_rng(0)
+  size = env.act_space['action'].shape[0]
+  returns = []
+  for _ in range(args.floor_episodes):
+    obs, total = env.reset(), 0.0
+    while not obs['is_last']:
+      obs = env.step({'action': rng.uniform(-1, 1, size).astype(np.float32)})
+      total += float(obs['reward'])
+    returns.append(total)
+  env.close()
+  result = {'episodes': args.floor_episodes, 'mean': float(np.mean(returns)),
+            'std': float(np.std(returns)), 'returns': [round(r, 2) for r in returns]}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result))
+  return result
+
+
+def report(args, steps, floor):
+  published = [c for c in plot_lib.load_scores(PUBLISHED) if c['task'] == args.task]
+  frames = steps * ACTION_REPEAT
+  runs, scores = [], []
+  for seed in args.seeds:
+    logdir = seed_logdir(args.logdir, args.task, seed)
+    curve = eval_curve(logdir)
+    xs = [float(x) for x, _ in curve]
+    ys = [float(y) for _, y in curve]
+    spent = sittings(logdir)
+    wall = sum(s['end'] - s['start'] for s in spent)
+    updates = updates_made(logdir)
+    agent_steps = stored_steps(logdir)
+    window = [y for x, y in curve if args.window[0] < x <= args.window[1]]
+    runs.append({
+        'seed': seed, 'frames': xs, 'eval_return': [round(y, 1) for y in ys],
+        'agent_steps': agent_steps, 'updates': updates,
+        'wall_s': round(wall, 1), 'sittings': len(spent),
+        'commits': sorted({str(s.get('commit')) for s in spent}),
+        'agent_steps_per_s': round(agent_steps / wall, 3) if wall else None,
+        'updates_per_s': round(updates / wall, 4) if wall else None,
+        'window_mean': round(sum(window) / len(window), 1) if window else None,
+        'window_evals': len(window)})
+    if xs:
+      scores.append({'task': args.task, 'method': METHOD, 'seed': str(seed),
+                     'xs': xs, 'ys': ys})
+  grid = sorted({x for run in runs for x in run['frames']})
+  band = {}
+  for x in grid:
+    values = plot_lib.published_values(published, x)
+    if values:
+      band[x] = plot_lib.summarize(values)
+  at = plot_lib.published_values(published, args.window[1])
+  target = {'window': list(args.window), 'error': (
+      f'no published seed reaches {args.window[1]:g} frames (the first point '
+      f'is at {min(c["xs"][0] for c in published):g})')}
+  if at:
+    median, low = plot_lib.summarize(at)['median'], min(at)
+    means = [run['window_mean'] for run in runs]
+    target = {
+        'window': list(args.window), 'published_median': round(median, 1),
+        'published_min': round(low, 1), 'threshold': round(0.8 * median, 1),
+        'seeds_at_80_percent': sum(m is not None and m >= 0.8 * median for m in means),
+        'seeds_below_published_min': sum(m is not None and m < low for m in means),
+        'seeds_with_window': sum(m is not None for m in means)}
+  verdict = None
+  if scores:
+    verdict = plot_lib.compare(scores, published, at=[args.window[1]])
+    verdict['short'] = [reason for _, _, reason in verdict['short']]
+  out = pathlib.Path(args.out)
+  png = None
+  plot_error = None
+  if scores:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(scores))
+    command = [
+        sys.executable, str(ROOT / 'common' / 'plot.py'), '--baselines',
+        str(out), str(PUBLISHED), '--tasks', args.task, '--outdir',
+        str(out.parent), '--name', out.stem, '--bins', '0', '--agg', 'per0',
+        '--xlim', '0', str(max(frames, grid[-1] if grid else frames))]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 0:
+      png = str(out.with_suffix('.png'))
+    else:
+      plot_error = result.stderr[-300:]
+  return {
+      'task': args.task, 'frames': frames, 'eval_every': args.eval_every,
+      'configs': 'defaults dmc_vision', 'quick': args.quick, 'jobs': args.jobs,
+      'random_floor': round(floor['mean'], 1), 'random_floor_std': round(floor['std'], 1),
+      'random_floor_episodes': floor['episodes'],
+      'runs': runs,
+      'published': {str(int(x)): {k: round(v, 1) for k, v in s.items()}
+                    for x, s in band.items()},
+      'target': target, 'compare': verdict, 'scores': str(out) if scores else None,
+      'png': png, 'plot_error': plot_error}
+
+
+def main():
+  parser = argparse.ArgumentParser(
+      description='DMC learning benchmark against the published curves (one JSON line).')
+  parser.add_argument('--task', default='dmc_walker_walk')
+  parser.add_argument('--frames', type=int, default=100000)
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0])
+  parser.add_argument('--logdir', default=None,
+                      help='seeds train in LOGDIR/TASK/%s/SEED (default: a temp dir)' % METHOD)
+  parser.add_argument('--eval_every', type=int, default=5000, help='agent steps')
+  parser.add_argument('--jobs', type=int, default=1, help='seeds trained side by side')
+  parser.add_argument('--window', type=float, nargs=2, default=None,
+                      metavar=('LOW', 'HIGH'),
+                      help='frames (LOW, HIGH] whose evaluations are averaged per '
+                           'seed for the target (default: the last 30k frames)')
+  parser.add_argument('--floor_episodes', type=int, default=10)
+  parser.add_argument('--out', default=None,
+                      help='score file (default: scores/<task without dmc_>.json)')
+  parser.add_argument('--quick', action='store_true')
+  args = parser.parse_args()
+  if not args.task.startswith('dmc_'):
+    parser.error(f'--task {args.task!r} is not a DMC task (dmc_...)')
+  for name in ('frames', 'eval_every', 'jobs', 'floor_episodes'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
+  if args.quick:
+    args.frames, args.eval_every, args.floor_episodes = 1400, 350, 1
+    args.seeds = [0]
+  if args.window is None:
+    args.window = (max(0.0, args.frames - 30000.0), float(args.frames))
+  temp = None
+  if args.logdir is None:
+    temp = tempfile.TemporaryDirectory()
+    args.logdir = temp.name
+  if args.out is None:
+    name = args.task.removeprefix('dmc_').replace('_', '-')
+    args.out = (pathlib.Path(args.logdir) / f'dmc-{name}-quick.json' if args.quick
+                else ROOT / 'scores' / f'dmc-{name}.json')
+  steps = args.frames // ACTION_REPEAT
+  floor = random_floor(args)
+  if args.quick:
+    # Two sittings: the second resumes what the first saved.
+    complete = run_seeds(args, args.seeds, steps // 2) and run_seeds(args, args.seeds, steps)
+  else:
+    complete = run_seeds(args, args.seeds, steps)
+  result = report(args, steps, floor)
+  result['complete'] = complete
+  print(json.dumps(result))
+  if temp:
+    temp.cleanup()
+
+
+if __name__ == '__main__':
+  main()
