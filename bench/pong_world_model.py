@@ -31,7 +31,6 @@ seed, config, ...) must match the ones DIR was made with.
 import argparse
 import atexit
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -55,13 +54,9 @@ RUN_KEYS = ('episodes', 'heldout', 'batch', 'precision', 'seed', 'quick', 'confi
 
 
 def write_json(path, value):
-  """Writes JSON atomically: a temp file renamed over `path` when complete."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes JSON atomically (common.utils.atomic_write)."""
+  from common import utils
+  utils.atomic_write(path, lambda f: json.dump(value, f), mode='w')
 
 
 def check_run(path, args):

@@ -116,13 +116,11 @@ class Config(collections.abc.Mapping):
     return Config(_unflatten(flat))
 
   def save(self, path):
-    """Writes YAML to `path` atomically (via `path + '.tmp'`)."""
-    path = os.fspath(path)
+    """Writes YAML to `path` atomically (common.utils.atomic_write)."""
+    from common import utils
     stream = io.StringIO()
     _yaml().dump(_thaw(self._data), stream)
-    with open(path + '.tmp', 'w') as f:
-      f.write(stream.getvalue())
-    os.replace(path + '.tmp', path)
+    utils.atomic_write(path, lambda f: f.write(stream.getvalue()), mode='w')
 
   @classmethod
   def load(cls, path):

@@ -34,6 +34,7 @@ import gymnasium
 import numpy as np
 
 SUITES = ('atari', 'dmc', 'crafter', 'minigrid')
+PARALLEL = ('none', 'thread', 'process')  # envs_parallel: where an env runs.
 EXTRAS = 'pip install -r requirements-extras.txt'
 
 
@@ -99,13 +100,15 @@ def _obs(reward, is_first, is_last, is_terminal, **observations):
   }
 
 
-def _resize(image, size):
-  """Resize an [H, W, C] uint8 image to size (H, W) with area averaging."""
+def _resize(image, size, nearest=False):
+  """Resize an [H, W, C] uint8 image to size (H, W) with area averaging (or
+  nearest neighbour)."""
   import cv2
   if image.shape[:2] == tuple(size):
     return image.copy()
   channels = image.shape[2:]
-  image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+  interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+  image = cv2.resize(image, (size[1], size[0]), interpolation=interpolation)
   return image.reshape(tuple(size) + channels)
 
 
@@ -521,12 +524,17 @@ class GymWrapper:
     return _obs(reward, first, last, terminal, **obs)
 
 
-def from_gym(env, obs_key=None, seed=None, time_limit=0):
+def from_gym(env, obs_key=None, seed=None, time_limit=0, size=None):
   """Any gymnasium env as an interface env, as the original's `api` does.
 
-  Discrete actions become one-hot, Box actions are normalised to [-1, 1].
+  Discrete actions become one-hot, Box actions are normalised to [-1, 1];
+  with `size`, images of another size are resized to it (nearest neighbour,
+  as the original).
   """
   env = GymWrapper(env, obs_key=obs_key, seed=seed)
+  if size:
+    resized = ResizeImage(env, size, nearest=True)
+    env = resized if resized.keys else env
   if isinstance(env.act_space['action'], gymnasium.spaces.Discrete):
     env = OneHotAction(env)
   else:
@@ -548,7 +556,7 @@ def make_minigrid(name, size=(64, 64), seed=None):
   del minigrid
   env = ImgObsWrapper(RGBImgObsWrapper(gymnasium.make(name)))
   env = GymWrapper(env, obs_key='image', seed=seed)
-  env = ResizeImage(env, size)
+  env = ResizeImage(env, size, keys=['image'])
   return OneHotAction(env)
 
 
@@ -646,21 +654,29 @@ class OneHotAction:
 
 
 class ResizeImage:
-  """Resize the 'image' observation with area averaging (cv2.INTER_AREA)."""
+  """Resize image observations (uint8 [H, W, C]) to `size`: the `keys` given,
+  or every image whose size differs. Area averaging (cv2.INTER_AREA) by
+  default; nearest neighbour with `nearest`, as the original's api does."""
 
-  def __init__(self, env, size=(64, 64), key='image'):
+  def __init__(self, env, size=(64, 64), keys=None, nearest=False):
     self._env = env
     self._size = tuple(size)
-    self._key = key
+    spaces = env.obs_space
+    if keys is None:
+      keys = [k for k, v in spaces.items() if v.dtype == np.uint8
+              and len(v.shape) == 3 and tuple(v.shape[:2]) != self._size]
+    self.keys = list(keys)
+    self._nearest = nearest
 
   def __getattr__(self, name):
     return getattr(self._env, name)
 
   @property
   def obs_space(self):
-    space = self._env.obs_space[self._key]
-    shape = self._size + space.shape[2:]
-    return {**self._env.obs_space, self._key: _image_space(shape)}
+    spaces = dict(self._env.obs_space)
+    for key in self.keys:
+      spaces[key] = _image_space(self._size + spaces[key].shape[2:])
+    return spaces
 
   def reset(self):
     return self._resize(self._env.reset())
@@ -669,7 +685,10 @@ class ResizeImage:
     return self._resize(self._env.step(action))
 
   def _resize(self, obs):
-    return {**obs, self._key: _resize(obs[self._key], self._size)}
+    obs = dict(obs)
+    for key in self.keys:
+      obs[key] = _resize(obs[key], self._size, self._nearest)
+    return obs
 
 
 # Building envs -------------------------------------------------------------
@@ -726,7 +745,7 @@ class Parallel:
   """
 
   def __init__(self, ctor, strategy='process'):
-    if strategy not in ('none', 'thread', 'process'):
+    if strategy not in PARALLEL:
       raise ValueError(
           f"Unknown parallel strategy '{strategy}': use none, thread or process.")
     self._strategy = strategy

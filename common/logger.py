@@ -14,6 +14,7 @@ Values are normalised once, here: scalars become python floats, images uint8
 TensorFlow is imported only by TensorBoardOutput.
 """
 
+import errno
 import io
 import json
 import os
@@ -22,6 +23,8 @@ import re
 import time
 
 import numpy as np
+
+from common import utils
 
 # Shown first on the progress line, in this order; other scalars follow sorted.
 KEY_METRICS = (
@@ -178,10 +181,15 @@ class JSONLOutput:
     if not scalars:
       return
     line = json.dumps({'step': int(step), **scalars}) + '\n'
-    with self._filename.open('a') as f:
-      f.write(line)
-      f.flush()
-      os.fsync(f.fileno())
+    try:
+      with self._filename.open('a') as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as error:
+      if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise utils.disk_full(self._filename, len(line)) from None
+      raise
 
 
 class TensorBoardOutput:

@@ -8,39 +8,62 @@ dtype (`set_precision`) for the matmul or convolution, and statistics that
 need the range (layer norm, logits, losses) are computed in float32.
 """
 
+import contextlib
 import math
 import re
+import threading
 
 import numpy as np
 import tensorflow as tf
 
+from common import choices
 from common import dists
 
-_COMPUTE_DTYPE = tf.float32
+# The compute dtype: a process-wide default (set_precision) that a thread can
+# override for a block (compute_in). The Agent runs its construction and every
+# call in `compute_in(agent.dtype)`, so its precision is its own and nothing
+# outside it changes.
+_DEFAULT_DTYPE = tf.float32
+_LOCAL = threading.local()
 
 
-def set_precision(precision, device=None):
-  """Select the compute dtype: 32 -> float32; 16 -> bfloat16 on a CPU and
-  float16 on a GPU (where the optimizer then scales the loss). `device`
+def dtype_for(precision, device=None):
+  """The compute dtype of a precision: 32 -> float32; 16 -> bfloat16 on a CPU
+  and float16 on a GPU (where the optimizer then scales the loss). `device`
   ('cpu' or 'gpu') overrides the detection, e.g. for tests."""
-  global _COMPUTE_DTYPE
-  if precision not in (16, 32):
+  if precision not in choices.PRECISIONS:
     raise ValueError(f'precision must be 16 or 32, got {precision!r}')
   if device is None:
     device = 'gpu' if tf.config.list_physical_devices('GPU') else 'cpu'
   if precision == 32:
-    _COMPUTE_DTYPE = tf.float32
-  else:
-    _COMPUTE_DTYPE = tf.float16 if device == 'gpu' else tf.bfloat16
-  return _COMPUTE_DTYPE
+    return tf.float32
+  return tf.float16 if device == 'gpu' else tf.bfloat16
+
+
+def set_precision(precision, device=None):
+  """Sets the process-wide default compute dtype (see dtype_for); returns it."""
+  global _DEFAULT_DTYPE
+  _DEFAULT_DTYPE = dtype_for(precision, device)
+  return _DEFAULT_DTYPE
+
+
+@contextlib.contextmanager
+def compute_in(dtype):
+  """Computes in `dtype` inside the block (this thread only); restores after."""
+  previous = getattr(_LOCAL, 'dtype', None)
+  _LOCAL.dtype = dtype
+  try:
+    yield dtype
+  finally:
+    _LOCAL.dtype = previous
 
 
 def compute_dtype():
-  return _COMPUTE_DTYPE
+  return getattr(_LOCAL, 'dtype', None) or _DEFAULT_DTYPE
 
 
 def cast(x):
-  return tf.cast(x, _COMPUTE_DTYPE)
+  return tf.cast(x, compute_dtype())
 
 
 @tf.custom_gradient
@@ -398,8 +421,11 @@ class RSSM(tf.Module):
 
   def __init__(self, action_size, embed_size, hidden=1024, deter=1024,
                stoch=32, discrete=32, act='elu', norm='none',
-               std_act='sigmoid2', min_std=0.1, name=None):
+               std_act='sigmoid2', min_std=0.1, ensemble=1, name=None):
     super().__init__(name=name)
+    if int(ensemble) < 1:
+      raise ValueError(f'rssm.ensemble must be at least 1, got {ensemble}')
+    self._ensemble = int(ensemble)
     self._stoch, self._deter, self._discrete = stoch, deter, discrete
     self._act = get_act(act)
     self._std_act, self._min_std = std_act, min_std
@@ -412,6 +438,11 @@ class RSSM(tf.Module):
     self.img_out = Dense(deter, hidden)
     self.img_out_norm = Norm(norm, hidden)
     self.img_dist = Dense(hidden, stats)
+    # rssm.ensemble > 1, as the original's EnsembleRSSM: more prior output
+    # heads (member 0 is the one above); each prior step uses one at random.
+    self.img_members = [
+        (Dense(deter, hidden), Norm(norm, hidden), Dense(hidden, stats))
+        for _ in range(self._ensemble - 1)]
     self.obs_out = Dense(deter + embed_size, hidden)
     self.obs_out_norm = Norm(norm, hidden)
     self.obs_dist = Dense(hidden, stats)
@@ -465,9 +496,27 @@ class RSSM(tf.Module):
     stats = self._prior_stats(deter)
     return {'stoch': self._sample(stats, sample), 'deter': deter, **stats}
 
-  def _prior_stats(self, deter):
+  def _prior_stats(self, deter, steps=None):
+    """The prior's statistics from h; with an ensemble, of one member drawn
+    at random per call, or per step of axis 1 when `steps` is given."""
     x = self._hidden(self.img_out(deter), self.img_out_norm)
-    return self._stats(x, self.img_dist)
+    stats = self._stats(x, self.img_dist)
+    if self._ensemble == 1:
+      return stats
+    members = [stats] + [
+        self._stats(self._hidden(out(deter), norm), dist)
+        for out, norm, dist in self.img_members]
+    stacked = {k: tf.stack([m[k] for m in members], 0) for k in stats}  # [K, ...]
+    if steps is None:
+      index = tf.random.uniform((), 0, self._ensemble, tf.int32)
+      return {k: v[index] for k, v in stacked.items()}
+    index = tf.random.uniform((steps,), 0, self._ensemble, tf.int32)
+    # [K, B, T, ...] -> [T, K, B, ...], pick member index[t] for step t.
+    pick = lambda v: tf.gather(
+        tf.transpose(v, [2, 0, 1] + list(range(3, v.shape.rank))), index,
+        batch_dims=1)
+    return {k: tf.transpose(pick(v), [1, 0] + list(range(2, v.shape.rank - 1)))
+            for k, v in stacked.items()}
 
   def obs_step(self, prev_state, prev_action, embed, is_first, sample=True):
     """One filtering step; the previous state and action are zeroed where
@@ -520,7 +569,7 @@ class RSSM(tf.Module):
       deters.append(deter)
     post = {k: tf.stack([p[k] for p in posts], 1) for k in posts[0]}
     post['deter'] = tf.stack(deters, 1)                              # [B, T, D]
-    prior = self._prior_stats(post['deter'])
+    prior = self._prior_stats(post['deter'], steps=length)
     return post, prior
 
   def imagine(self, action, state):

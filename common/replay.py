@@ -11,7 +11,6 @@ names sorts episodes by time. TensorFlow is imported only by `dataset()`.
 import collections
 import datetime
 import mmap
-import os
 import pathlib
 import threading
 import uuid
@@ -19,6 +18,8 @@ import warnings
 import zipfile
 
 import numpy as np
+
+from common import utils
 
 # zlib level of the saved episodes: level 1 is ~3x faster than numpy's default
 # 6 on Atari frames, so saving a 27k-step episode never stalls training long.
@@ -227,22 +228,15 @@ def save_episode(directory, episode):
   timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S%f')
   identifier = uuid.uuid4().hex
   filename = directory / f'{timestamp}-{identifier}-{eplen(episode)}.npz'
-  # Not *.npz, so loaders never see a half-written file.
-  temp = directory / f'{filename.name}.tmp'
-  try:
-    with open(temp, 'wb') as f:
-      with zipfile.ZipFile(
-          f, 'w', zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
-        for key, value in episode.items():
-          with zf.open(f'{key}.npy', 'w', force_zip64=True) as member:
-            np.lib.format.write_array(
-                member, np.asanyarray(value), allow_pickle=False)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temp, filename)
-  except BaseException:
-    temp.unlink(missing_ok=True)
-    raise
+  def write(f):
+    with zipfile.ZipFile(
+        f, 'w', zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+      for key, value in episode.items():
+        with zf.open(f'{key}.npy', 'w', force_zip64=True) as member:
+          np.lib.format.write_array(
+              member, np.asanyarray(value), allow_pickle=False)
+  # Via <name>.npz.tmp, which loaders never read.
+  utils.atomic_write(filename, write)
   return filename
 
 

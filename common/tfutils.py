@@ -1,7 +1,6 @@
 """TensorFlow utilities: the optimizer, schedules, reward normalisation and
 the checkpoint of a `tf.Module`."""
 
-import os
 import pickle
 import re
 
@@ -9,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import nets
+from common import utils
 
 
 class Optimizer(tf.Module):
@@ -204,12 +204,9 @@ def save_checkpoint(module, path):
   atomically: a temp file is renamed over the old checkpoint only when it is
   complete, so a kill never leaves a broken checkpoint."""
   values = {name: var.numpy() for name, var in named_variables(module).items()}
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    pickle.dump(values, f, protocol=pickle.HIGHEST_PROTOCOL)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  utils.atomic_write(
+      path, lambda f: pickle.dump(values, f, protocol=pickle.HIGHEST_PROTOCOL),
+      size=sum(value.nbytes for value in values.values()))
 
 
 class CheckpointMismatch(ValueError):

@@ -1,6 +1,9 @@
-"""Small step-counting helpers used by the training loop."""
+"""Step counters of the training loop, and the one atomic file write."""
 
-import time
+import errno
+import os
+import pathlib
+import shutil
 
 
 class Counter:
@@ -46,14 +49,57 @@ class Until:
     return (not self._until) or int(step) < self._until
 
 
-class Timer:
-  """Seconds since the last call of `reset`."""
+class DiskFull(OSError):
+  """A write that failed for lack of space: the message names the file, the
+  bytes it needed and the space that was free."""
 
-  def __init__(self):
-    self.reset()
+  def __str__(self):
+    return self.strerror
 
-  def reset(self):
-    self._start = time.time()
 
-  def __call__(self):
-    return time.time() - self._start
+def atomic_write(path, write, mode='wb', size=None):
+  """Writes `path` so that it is either complete or untouched.
+
+  write(f) fills a temp file beside it (`<name>.tmp`, which no loader reads),
+  which is flushed, fsynced and renamed over `path`. On any failure the temp
+  file is removed and `path` keeps its old content; a full disk raises
+  DiskFull. `size`: the bytes the file needs, when known (for the message).
+  """
+  path = pathlib.Path(path)
+  temp = path.with_name(path.name + '.tmp')
+  try:
+    with open(temp, mode) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temp, path)
+  except BaseException as error:
+    written = temp.stat().st_size if temp.exists() else 0
+    temp.unlink(missing_ok=True)
+    if isinstance(error, OSError) and error.errno in _FULL:
+      raise disk_full(path, size or written, at_least=not size) from None
+    raise
+
+
+def disk_full(path, needed, at_least=False):
+  """DiskFull for `path`, with the free space of its filesystem."""
+  path = pathlib.Path(path)
+  try:
+    free = shutil.disk_usage(path.parent).free
+  except OSError:
+    free = None
+  need = f'{"at least " if at_least else ""}{format_bytes(needed)}'
+  have = f'{format_bytes(free)} free' if free is not None else 'free space unknown'
+  return DiskFull(
+      errno.ENOSPC, f'no space left on device to write {path}: it needs {need}, '
+      f'{have} on that filesystem')
+
+
+def format_bytes(count):
+  for unit, size in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+    if count >= size:
+      return f'{count / size:.1f} {unit}'
+  return f'{int(count)} bytes'
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -2,24 +2,24 @@
 the agent that acts with them. The agent does not know where data comes from:
 `train(data)` takes a batch of sequences, `policy(obs, state)` one step."""
 
-import numpy as np
 import tensorflow as tf
 
+from common import choices
 from common import nets
 from common import tfutils
 
-EXPL_BEHAVIORS = {
-    'greedy': 'greedy', 'random': 'random', 'plan2explore': 'plan2explore',
-    'model_loss': 'model_loss',
-    # Spellings of the original release.
-    'Random': 'random', 'Plan2Explore': 'plan2explore', 'ModelLoss': 'model_loss',
-}
-
-
 class Agent(tf.Module):
 
-  def __init__(self, config, obs_space, act_space):
+  def __init__(self, config, obs_space, act_space, dtype=None):
     super().__init__(name='agent')
+    # config.precision holds for this agent only: it is built and called in
+    # its compute dtype, whatever the process-wide default (nets.compute_in).
+    # `dtype` overrides it (tests: float16 as on a GPU).
+    self.dtype = dtype or nets.dtype_for(config.precision)
+    with nets.compute_in(self.dtype):
+      self._build(config, obs_space, act_space)
+
+  def _build(self, config, obs_space, act_space):
     from dreamerv2 import expl
     self.config = config
     self.act_space = act_space['action']
@@ -28,16 +28,15 @@ class Agent(tf.Module):
     self.wm = WorldModel(config, obs_space, self.act_space.shape[0], self.tfstep)
     self._task_behavior = ActorCritic(
         config, self.act_space.shape[0], self.discrete, self.wm.feat_size, self.tfstep)
-    behavior = EXPL_BEHAVIORS[config.expl_behavior]
-    reward = lambda seq: self.wm.heads['reward'](seq['feat']).mode()
-    if behavior == 'greedy':
+    behavior = choices.EXPL_BEHAVIORS[config.expl_behavior]
+    if behavior is None:
       self._expl_behavior = None  # The task actor explores.
     else:
       self._expl_behavior = {
           'random': expl.Random, 'plan2explore': expl.Plan2Explore,
           'model_loss': expl.ModelLoss,
       }[behavior](config, self.act_space.shape[0], self.discrete, self.wm,
-                  self.tfstep, reward)
+                  self.tfstep, self._task_reward)
     self._obs_keys = sorted(set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
     if config.jit:
       jit = dict(jit_compile=bool(config.xla))
@@ -46,8 +45,9 @@ class Agent(tf.Module):
       self._report = tf.function(self._report, **jit)
 
   def initial_state(self, batch):
-    latent = self.wm.rssm.initial(batch)
-    action = tf.zeros([batch, self.act_space.shape[0]], nets.compute_dtype())
+    with nets.compute_in(self.dtype):
+      latent = self.wm.rssm.initial(batch)
+      action = tf.zeros([batch, self.act_space.shape[0]], self.dtype)
     return latent, action
 
   def policy(self, obs, state=None, mode='train'):
@@ -59,7 +59,8 @@ class Agent(tf.Module):
     obs = {k: obs[k] for k in self._obs_keys + ['is_first']}
     if state is None:
       state = self.initial_state(len(obs['is_first']))
-    return self._policy(obs, state, mode)
+    with nets.compute_in(self.dtype):
+      return self._policy(obs, state, mode)
 
   def _policy(self, obs, state, mode):
     latent, action = state
@@ -83,25 +84,30 @@ class Agent(tf.Module):
   def train(self, data):
     """One update of the world model, the actor-critic and (if set) the
     exploration behaviour on a batch of sequences [B, T, ...]."""
-    return self._train(data)
+    with nets.compute_in(self.dtype):
+      return self._train(data)
 
   def _train(self, data):
     metrics = {}
     outputs, mets = self.wm.train(data)
     metrics.update(mets)
     start = {k: tf.stop_gradient(v) for k, v in outputs['post'].items()}
-    reward = lambda seq: self.wm.heads['reward'](seq['feat']).mode()
     metrics.update(self._task_behavior.train(
-        self.wm, start, data['is_terminal'], reward))
+        self.wm, start, data['is_terminal'], self._task_reward))
     if self._expl_behavior:
       mets = self._expl_behavior.train(start, outputs, data)
       metrics.update({'expl_' + k: v for k, v in mets.items()})
     return metrics
 
+  def _task_reward(self, seq):
+    """The task's reward of imagined states: the reward head's mode."""
+    return self.wm.heads['reward'](seq['feat']).mode()
+
   def report(self, data):
     """Open-loop video: 5 context frames, then the model imagines the rest
     from the actions alone. Rows: truth / model / error. uint8 [T, H, W, C]."""
-    return self._report(data)
+    with nets.compute_in(self.dtype):
+      return self._report(data)
 
   def _report(self, data):
     report = {}
@@ -255,9 +261,10 @@ class ActorCritic(tf.Module):
     self.actor_grad = config.actor_grad
     if self.actor_grad == 'auto':
       self.actor_grad = 'reinforce' if discrete else 'dynamics'
-    if self.actor_grad not in ('reinforce', 'dynamics', 'both'):
+    if self.actor_grad not in choices.ACTOR_GRADS:
       raise ValueError(
-          f'actor_grad must be auto, reinforce, dynamics or both, got {self.actor_grad!r}')
+          f'actor_grad must be one of {", ".join(choices.ACTOR_GRADS)}, '
+          f'got {self.actor_grad!r}')
     self.actor = nets.MLP(feat_size, action_size, **actor)
     self.critic = nets.MLP(feat_size, [], **config.critic)
     if config.slow_target:

@@ -16,7 +16,8 @@ that flags take (`'rssm.deter': 600`) or a whole named block
 put it on sys.path) so that `common` and `dreamerv2` import.
 
 Supported spaces: observations that are a uint8 Box [H, W, C] or [H, W]
-(images, which must be 64x64 for the decoder), a Box with 0 or 1 dimensions
+(images, resized to `render_size`, 64x64, by nearest neighbour as the
+original api does, and said so when it starts), a Box with 0 or 1 dimensions
 (vectors), or a Dict of those; actions Discrete (the agent picks one-hot
 vectors) or a 1-D Box (normalised to [-1, 1] where the bounds are finite).
 Other spaces raise envs.UnsupportedSpace before anything runs.
@@ -60,11 +61,27 @@ def train(env, config, outputs=None, eval_env=None):
       raise TypeError(
           f'config must be a Config or a mapping, got {type(config).__name__}')
     config = defaults().update(config)
-  train_env = envs_lib.from_gym(env, seed=config.seed, time_limit=config.time_limit)
+  size = tuple(config.render_size)
+  train_env = envs_lib.from_gym(
+      env, seed=config.seed, time_limit=config.time_limit, size=size)
   eval_envs = []
   if eval_env is not None:
     eval_envs.append(envs_lib.from_gym(
-        eval_env, seed=config.seed + 1000, time_limit=config.time_limit))
+        eval_env, seed=config.seed + 1000, time_limit=config.time_limit,
+        size=size))
+  resized = resized_images(env, train_env)
+  if resized:
+    print(f'Images resized to {size[0]}x{size[1]} (nearest neighbour, as the '
+          f'original api): {resized}')
   train_lib.check_config(config)
   train_lib.prepare_logdir(config.logdir)
   train_lib.run(config, lambda: ([train_env], eval_envs), outputs)
+
+
+def resized_images(gym_env, env):
+  """'image 96x96' for each image of the gym env that `env` resizes."""
+  before = envs_lib.GymWrapper(gym_env).obs_space
+  after = env.obs_space
+  return ', '.join(
+      f'{key} {before[key].shape[0]}x{before[key].shape[1]}'
+      for key in after if key in before and before[key].shape != after[key].shape)

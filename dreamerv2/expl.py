@@ -53,7 +53,8 @@ class Plan2Explore(tf.Module):
     head = config.expl_head
     self.ensemble = Ensemble(
         config.disag_models, inp, size, head['layers'], head['units'], head['act'])
-    self.opt = tfutils.Optimizer('expl', self.ensemble.trainable_variables, **config.expl_opt)
+    self.opt = tfutils.Optimizer(
+        'ensemble', self.ensemble.trainable_variables, **config.expl_opt)
     self.extr_rewnorm = tfutils.StreamNorm(**config.expl_reward_norm)
     self.intr_rewnorm = tfutils.StreamNorm(**config.expl_reward_norm)
 
@@ -113,7 +114,8 @@ class ModelLoss(tf.Module):
         config, action_size, discrete, wm.feat_size, tfstep, name='expl_actor_critic')
     self.actor = self.ac.actor
     self.head = nets.MLP(wm.feat_size, [], **config.expl_head)
-    self.opt = tfutils.Optimizer('expl', self.head.trainable_variables, **config.expl_opt)
+    self.opt = tfutils.Optimizer(
+        'intr_head', self.head.trainable_variables, **config.expl_opt)
 
   def train(self, start, context, data):
     metrics = {}

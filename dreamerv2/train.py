@@ -30,6 +30,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import numpy as np
 
+from common import choices
 from common import config as config_lib
 from common import driver as driver_lib
 from common import envs as envs_lib
@@ -37,16 +38,12 @@ from common import logger as logger_lib
 from common import replay as replay_lib
 from common import utils
 
-# The values each choice key accepts, here so that a bad flag stops before
-# TensorFlow loads. EXPL_BEHAVIORS must equal agent.EXPL_BEHAVIORS (a test checks).
-EXPL_BEHAVIORS = (
-    'greedy', 'random', 'plan2explore', 'model_loss',
-    'Random', 'Plan2Explore', 'ModelLoss')
+# The values each choice key accepts, checked before TensorFlow loads.
 CHOICES = {
-    'envs_parallel': ('none', 'thread', 'process'),
-    'expl_behavior': EXPL_BEHAVIORS,
-    'actor_grad': ('auto', 'reinforce', 'dynamics', 'both'),
-    'precision': (16, 32),
+    'envs_parallel': envs_lib.PARALLEL,
+    'expl_behavior': tuple(choices.EXPL_BEHAVIORS),
+    'actor_grad': choices.ACTOR_GRADS,
+    'precision': choices.PRECISIONS,
 }
 CHECKPOINT = 'variables.pkl'
 
@@ -78,6 +75,11 @@ def main(argv=None):
     run(config, functools.partial(make_task_envs, config))
   except ConfigError as e:
     exit_with_error(e)
+  except utils.DiskFull as e:
+    print(f'error: {e}. The checkpoint and the episodes written before are '
+          f'kept; free some space and run the same command to resume.',
+          file=sys.stderr)
+    sys.exit(1)
   except KeyboardInterrupt:
     print('Aborted by a second Ctrl-C: the checkpoint was not saved.', file=sys.stderr)
     sys.exit(130)
@@ -154,7 +156,7 @@ def run(config, make_envs, outputs=None):
   tf.random.set_seed(config.seed)
   for gpu in tf.config.list_physical_devices('GPU'):
     tf.config.experimental.set_memory_growth(gpu, True)
-  dtype = nets.set_precision(config.precision)
+  dtype = nets.dtype_for(config.precision)  # The agent's own; nothing global.
   device = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
   scaling = ' with loss scaling' if dtype == tf.float16 else ''
   print(f'Logdir {logdir}')
@@ -282,6 +284,7 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop):
         # As the published release: one random-policy evaluation episode, so
         # the curve starts at the prefill step and the eval replay has an
         # episode for the first open-loop video.
+        print('Evaluate the random policy (1 episode).')
         eval_driver(make_random_policy(act_space['action'], config.seed + 1000),
                     episodes=1)
         eval_driver.reset()

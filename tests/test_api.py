@@ -28,8 +28,9 @@ class ImageEnv(gymnasium.Env):
   the action names the step number mod 3. Box actions: reward -|a - 0.5|.
   With `vector`, a Dict observation that also holds the step as a vector."""
 
-  def __init__(self, box_actions=False, vector=False, length=20):
-    image = gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+  def __init__(self, box_actions=False, vector=False, length=20, size=64):
+    self.size = size
+    image = gymnasium.spaces.Box(0, 255, (size, size, 3), np.uint8)
     if vector:
       self.observation_space = gymnasium.spaces.Dict({
           'image': image,
@@ -60,8 +61,8 @@ class ImageEnv(gymnasium.Env):
     return self._obs(), reward, False, self.count >= self.length, {}
 
   def _obs(self):
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[:, 3 * self.count % 64] = 255
+    image = np.zeros((self.size, self.size, 3), np.uint8)
+    image[:, 3 * self.count % self.size] = 255
     if not self.vector:
       return image
     position = np.array([self.count, -self.count], np.float32)
@@ -124,6 +125,21 @@ def test_image_observations_and_discrete_actions(tmp_path):
   assert {step for step, _ in recorder.writes} >= {20, 40, 100}
   assert len(env.actions) >= 150
   assert not (logdir / 'metrics.jsonl').exists()  # Only the given outputs.
+
+
+def test_images_of_another_size_are_resized_to_64x64(tmp_path, capsys):
+  # As the original's api: nearest-neighbour resize to the configured size.
+  env = ImageEnv(size=96)
+  recorder = Recorder()
+  config = api.defaults().update({**TINY, 'logdir': str(tmp_path / 'run')})
+  api.train(env, config, outputs=[recorder])
+  assert 'Images resized to 64x64 (nearest neighbour' in capsys.readouterr().out
+  values = recorder.values()
+  assert np.isfinite(values['image_loss'])
+  assert values['train_policy_image'].shape == (21, 64, 64, 3)
+  # Nearest neighbour keeps the column's full brightness (area averaging
+  # would blur a 1-pixel column of a 96-pixel frame).
+  assert set(np.unique(values['train_policy_image'])) <= {0, 255}
 
 
 def test_dict_observations_and_box_actions(tmp_path):

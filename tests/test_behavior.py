@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import choices
 from common import tfutils
 from dreamerv2 import agent as agent_lib
 
@@ -262,9 +263,9 @@ def test_plan2explore_reward_is_zero_when_members_agree_and_grows_with_their_spr
   assert rewards[2.0] / rewards[1.0] == pytest.approx(2.0, rel=1e-3)
 
 
-@pytest.mark.parametrize('behavior', [
-    'greedy', 'random', 'plan2explore', 'model_loss', 'Random', 'Plan2Explore', 'ModelLoss'])
+@pytest.mark.parametrize('behavior', list(choices.EXPL_BEHAVIORS))
 def test_each_exploration_behavior_trains_and_acts(behavior):
+  # Every value train.py accepts (common/choices.py) builds, trains and acts.
   config = H.tiny_config(expl_behavior=behavior)
   obs, act = H.obs_space(vector=5), H.act_space(True, 3)
   tf.random.set_seed(0)
@@ -274,6 +275,9 @@ def test_each_exploration_behavior_trains_and_acts(behavior):
   expl = sorted(k for k in metrics if k.startswith('expl_'))
   if behavior.lower().replace('_', '') in ('plan2explore', 'modelloss'):
     assert {'expl_actor_loss', 'expl_critic_loss', 'expl_reward_mean'} <= set(expl), expl
+    own = ('expl_ensemble_loss' if behavior.lower() == 'plan2explore'
+           else 'expl_intr_head_loss')
+    assert own in expl and not any(k.startswith('expl_expl_') for k in expl), expl
   else:
     assert expl == []
   obs_step = {'state': np.zeros((2, 5), np.float32), 'is_first': np.ones(2, bool)}

@@ -113,7 +113,7 @@ def test_progress_line_puts_key_metrics_first(capsys):
 
 
 def test_tensorboard_holds_scalars_and_gif_videos(tmp_path):
-  tf = pytest.importorskip('tensorflow')
+  import tensorflow as tf  # A hard requirement: a broken install fails here.
   logger = logging_.Logger(Counter(25), [logging_.TensorBoardOutput(tmp_path)],
                            multiplier=4)
   rng = np.random.default_rng(0)

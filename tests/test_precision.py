@@ -2,7 +2,8 @@
 computes the same losses as float32; float16 (GPU) scales the loss, skips
 steps whose gradients overflow and halves the scale after them.
 
-`nets.set_precision` is global: every test restores the previous dtype."""
+`nets.set_precision` sets the process-wide default: every test restores it.
+An Agent computes in its own precision (`nets.compute_in`)."""
 
 import numpy as np
 import pytest
@@ -92,6 +93,26 @@ def test_weights_stay_float32_under_bfloat16_and_the_agent_trains():
   for name in ('model', 'actor', 'critic'):
     assert float(metrics[f'{name}_loss_scale']) == 1.0     # bfloat16 needs no scaling
     assert float(metrics[f'{name}_grad_norm']) > 0, name
+
+
+def test_an_agents_precision_is_its_own_and_leaves_the_default_alone():
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  step = {'state': np.zeros((1, 5), np.float32), 'is_first': np.ones(1, bool)}
+  # Built and called outside any precision block: bfloat16 all the same.
+  agent16 = agent_lib.Agent(H.tiny_config(precision=16, jit=True), obs, act)
+  assert nets.compute_dtype() == tf.float32
+  _, (latent, action) = agent16.policy(step)
+  assert agent16.dtype == tf.bfloat16 and action.dtype == tf.bfloat16
+  assert latent['stoch'].dtype == tf.bfloat16
+  agent16.train(H.batch(obs, act, 3, 6))
+  assert nets.compute_dtype() == tf.float32
+  # A float32 agent under a bfloat16 default stays float32, its optimizer too.
+  with H.precision(16, device='cpu'):
+    agent32 = agent_lib.Agent(H.tiny_config(precision=32), obs, act)
+    _, (_, action) = agent32.policy(step)
+    metrics = agent32.train(H.batch(obs, act, 3, 6))
+    assert nets.compute_dtype() == tf.bfloat16
+  assert action.dtype == tf.float32 and float(metrics['model_loss_scale']) == 1.0
 
 
 # float16 loss scaling ----------------------------------------------------------
@@ -185,7 +206,7 @@ def test_float16_agent_update_learns():
     config = H.tiny_config(precision=16)
     obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
     tf.random.set_seed(0)
-    agent = agent_lib.Agent(config, obs, act)
+    agent = agent_lib.Agent(config, obs, act, dtype=tf.float16)
     data = H.batch(obs, act, 3, 6)
     before = H.trainable_snapshot(agent.wm)
     # The first steps may overflow at the initial scale 2^15 and be skipped.

@@ -48,6 +48,52 @@ def test_one_model_update_changes_every_world_model_weight():
   assert int(wm.model_opt.updates) == 1 and int(wm.model_opt.skipped) == 0
 
 
+def test_an_ensemble_of_prior_heads_trains_each_member_and_keeps_them_apart():
+  # rssm.ensemble 3, as the original's EnsembleRSSM: each prior step uses one
+  # member at random, so over 6 steps x 5 updates every member gets gradients.
+  config = H.tiny_config(**{'rssm.ensemble': 3, 'model_opt.wd': 0.0})
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  rssm = wm.rssm
+  heads = [rssm.img_dist] + [dist for _, _, dist in rssm.img_members]
+  assert len(heads) == 3
+  before = [head.kernel.numpy().copy() for head in heads]
+  tf.random.set_seed(1)
+  for seed in range(5):
+    wm.train(H.batch(obs, act, 3, 6, seed=seed))
+  after = [head.kernel.numpy() for head in heads]
+  for old, new in zip(before, after):
+    assert not np.array_equal(old, new)
+  for i in range(3):
+    for j in range(i + 1, 3):
+      assert np.abs(after[i] - after[j]).max() > 1e-3
+  # The prior of an imagined step is one member's: over many draws, each
+  # member's logits come out, and only those.
+  state = rssm.initial(2)
+  action = tf.one_hot([0, 1], 3)
+  deter = rssm.img_step(state, action)['deter']
+  members = [rssm._stats(rssm._hidden(rssm.img_out(deter), rssm.img_out_norm),
+                         rssm.img_dist)['logit']]
+  members += [rssm._stats(rssm._hidden(out(deter), norm), dist)['logit']
+              for out, norm, dist in rssm.img_members]
+  seen = set()
+  for _ in range(40):
+    logit = rssm.img_step(state, action)['logit']
+    (index,) = [k for k, m in enumerate(members) if np.allclose(logit, m)]
+    seen.add(index)
+  assert seen == {0, 1, 2}
+
+
+def test_one_prior_head_keeps_the_checkpoint_names_of_earlier_runs():
+  config = H.tiny_config()
+  assert config.rssm.ensemble == 1
+  obs = H.obs_space(vector=5)
+  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  names = set(tfutils.named_variables(wm))
+  assert {'rssm/img_dist/kernel', 'rssm/img_out/kernel'} <= names
+  assert not any('img_members' in name for name in names)
+
+
 def test_model_loss_is_the_scaled_sum_of_kl_and_head_losses():
   # Atari scales: kl 0.1, discount 5, image and reward 1.
   config = H.tiny_config('atari')
