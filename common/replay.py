@@ -84,9 +84,31 @@ class Replay:
     if transition['is_last']:
       self.add_episode(episode)
 
-  def add_episode(self, episode):
+  def save_ongoing(self):
+    """Stores the episodes in progress as they are (ending without is_last),
+    however short, so that the stored steps equal the steps taken; for a
+    clean stop. Returns the steps stored."""
+    with self._lock:
+      ongoing = [ep for ep in self._ongoing_eps.values()
+                 if min((len(v) for v in ep.values()), default=0) > 1]
+      self._ongoing_eps.clear()
+    for episode in ongoing:
+      steps = min(len(v) for v in episode.values())
+      self.add_episode({k: v[:steps] for k, v in episode.items()}, force=True)
+    return sum(min(len(v) for v in ep.values()) - 1 for ep in ongoing)
+
+  def add_episode(self, episode, force=False):
+    """Stores a finished episode; one shorter than minlen only with `force`
+    (it is then counted but not sampled)."""
     episode = {key: own_pages(convert(value)) for key, value in episode.items()}
     length = eplen(episode)
+    if force and length < self._minlen:
+      _check_episode(episode, length)
+      save_episode(self._directory, episode)
+      with self._lock:
+        self._total_steps += length
+        self._total_episodes += 1
+      return
     if length < self._minlen:
       print(f'Skipping short episode of length {length} (replay minlen '
             f'{self._minlen}).')

@@ -210,15 +210,24 @@ def save_checkpoint(module, path):
 
 
 class CheckpointMismatch(ValueError):
-  pass
+  """A checkpoint of a model with other variables or sizes."""
 
 
-def load_checkpoint(module, path):
-  """Restores what `save_checkpoint` wrote; a checkpoint from a model of other
-  sizes raises CheckpointMismatch naming the differing variables."""
-  with open(path, 'rb') as f:
-    values = pickle.load(f)
+# Reading the file needs no TensorFlow (eval.py reads a checkpoint's step first).
+CheckpointUnreadable = utils.CheckpointUnreadable
+read_checkpoint = utils.read_checkpoint
+
+
+def load_checkpoint(module, path, select=None):
+  """Restores what `save_checkpoint` wrote; `select(name)` limits which
+  variables are restored (all by default). A checkpoint from a model of other
+  sizes raises CheckpointMismatch naming the differing variables, an
+  unreadable file CheckpointUnreadable; either way nothing is assigned."""
+  values = read_checkpoint(path)
   named = named_variables(module)
+  if select:
+    named = {n: v for n, v in named.items() if select(n)}
+    values = {n: v for n, v in values.items() if select(n)}
   missing = sorted(set(named) - set(values))
   extra = sorted(set(values) - set(named))
   shapes = [(n, values[n].shape, tuple(v.shape)) for n, v in named.items()

@@ -1,8 +1,10 @@
-"""Step counters of the training loop, and the one atomic file write."""
+"""Step counters of the training loop, the one atomic file write, and
+reading a checkpoint file (a pickled {name: array}) without TensorFlow."""
 
 import errno
 import os
 import pathlib
+import pickle
 import shutil
 
 
@@ -103,3 +105,23 @@ def format_bytes(count):
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointUnreadable(ValueError):
+  """A checkpoint file that cannot be read (truncated, not a checkpoint)."""
+
+
+def read_checkpoint(path):
+  """{name: numpy value} of a checkpoint file (tfutils.save_checkpoint);
+  CheckpointUnreadable if it cannot be read."""
+  try:
+    with open(path, 'rb') as f:
+      values = pickle.load(f)
+  except OSError as e:
+    raise CheckpointUnreadable(f'cannot read {path}: {e.strerror}') from None
+  except Exception as e:  # A truncated or foreign file: any unpickling error.
+    raise CheckpointUnreadable(
+        f'{path} is not a complete checkpoint ({type(e).__name__}: {e})') from None
+  if not isinstance(values, dict):
+    raise CheckpointUnreadable(f'{path} does not hold a checkpoint')
+  return values

@@ -34,6 +34,9 @@ envs when it returns.
 """
 
 import collections.abc
+import functools
+
+import numpy as np
 
 from common import config as config_lib
 from common import envs as envs_lib
@@ -75,7 +78,81 @@ def train(env, config, outputs=None, eval_env=None):
           f'original api): {resized}')
   train_lib.check_config(config)
   train_lib.prepare_logdir(config.logdir)
-  train_lib.run(config, lambda: ([train_env], eval_envs), outputs)
+  train_lib.run(config, lambda: ([train_env], eval_envs), outputs, task=False)
+
+
+def load(logdir, checkpoint=None, seed=None):
+  """A trained agent from a run's logdir, ready to act:
+
+    agent = api.load('~/logdir/atari_pong/dreamerv2/1')
+    env = api.make_env('~/logdir/atari_pong/dreamerv2/1')
+    obs, state = env.reset(), None
+    while not obs['is_last']:
+      action, state = agent.policy(obs, state)   # mode='eval': the actor's mode
+      obs = env.step(action)
+
+  checkpoint: a file (default: the run's newest, variables.pkl). seed: seeds
+  TensorFlow's random ops (the latent samples), for repeatable episodes.
+  Raises train.ConfigError for a logdir without config or checkpoint, or a
+  checkpoint that does not fit the run's model.
+  """
+  config, spaces = train_lib.load_run(logdir)
+  path = train_lib.find_checkpoint(logdir, checkpoint)
+  step = train_lib.checkpoint_step(path)
+  if spaces is None:  # A run from before spaces.pkl: its task tells them.
+    env = make_env(config)
+    spaces = {'obs_space': env.obs_space, 'act_space': env.act_space, 'task': True}
+    env.close()
+  import tensorflow as tf
+  from common import tfutils
+  if seed is not None:
+    tf.random.set_seed(seed)
+  agent = train_lib.build_agent(config, spaces['obs_space'], spaces['act_space'])
+  try:
+    tfutils.load_checkpoint(agent, path)
+  except (tfutils.CheckpointMismatch, tfutils.CheckpointUnreadable) as e:
+    raise train_lib.ConfigError(str(e)) from None
+  return Trained(agent, config, spaces, path, step)
+
+
+class Trained:
+  """A loaded agent: `policy` acts on the run's observations; `config`,
+  `checkpoint`, `step` (agent steps) and `frames` say what was loaded."""
+
+  def __init__(self, agent, config, spaces, checkpoint, step):
+    self.agent, self.config, self.checkpoint = agent, config, checkpoint
+    self.obs_space, self.act_space = spaces['obs_space'], spaces['act_space']
+    self.step, self.frames = step, step * config.action_repeat
+
+  def policy(self, obs, state=None, mode='eval'):
+    """obs: one observation of the env (as env.step returns it), or a batch
+    of them stacked [N, ...]. mode: 'eval' (the actor's mode), 'train'
+    (samples) or 'explore'. Returns ({'action': array}, state): pass state
+    back at the next step (None starts an episode)."""
+    single = np.ndim(obs['is_first']) == 0
+    if single:
+      obs = {key: np.asarray(value)[None] for key, value in obs.items()}
+    outputs, state = self.agent.policy(obs, state, mode)
+    action = np.asarray(outputs['action'])
+    return {'action': action[0] if single else action}, state
+
+
+def make_env(logdir_or_config, mode='eval', seed=None, task=None):
+  """An env of a run's task with the run's settings (action repeat, time
+  limit, size, sticky actions, camera), from its logdir or Config. DMC envs
+  run in a child process (MuJoCo's renderer beside TensorFlow crashes a
+  process); either way the env has reset(), step(action), close() and its
+  spaces. seed: default the run's seed + 2000 (neither train nor eval envs');
+  task: another task with the same spaces."""
+  config = logdir_or_config
+  if not isinstance(config, config_lib.Config):
+    config, _ = train_lib.load_run(config)
+  if task:
+    config = config.update({'task': task})
+  seed = config.seed + 2000 if seed is None else seed
+  strategy = 'process' if config.task.startswith('dmc_') else 'none'
+  return envs_lib.Parallel(
+      functools.partial(train_lib.make_env, config, mode, seed), strategy)
 
 
 def resized_images(gym_env, env):

@@ -18,8 +18,10 @@ import contextlib
 import functools
 import os
 import pathlib
+import pickle
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -46,6 +48,9 @@ CHOICES = {
     'precision': choices.PRECISIONS,
 }
 CHECKPOINT = 'variables.pkl'
+SNAPSHOTS = 'checkpoints'  # The kept checkpoints: checkpoints/variables-<frames>.pkl.
+WARM_START = ('all', 'world_model')  # warm_start.only: which weights to load.
+SPACES = 'spaces.pkl'  # The agent's observation and action spaces.
 
 
 class ConfigError(ValueError):
@@ -94,8 +99,20 @@ def check_config(config):
   """Raises ConfigError for a value that would only fail later (no TF here)."""
   for key, accepted in CHOICES.items():
     if config[key] not in accepted:
-      choices = ', '.join(str(choice) for choice in accepted)
-      raise ConfigError(f'{key} {config[key]!r} is not one of: {choices}')
+      names = ', '.join(str(choice) for choice in accepted)
+      raise ConfigError(f'{key} {config[key]!r} is not one of: {names}')
+  if config.warm_start.only not in WARM_START:
+    raise ConfigError(
+        f'warm_start.only {config.warm_start.only!r} is not one of: '
+        f'{", ".join(WARM_START)}')
+  if config.warm_start.checkpoint:
+    path = pathlib.Path(config.warm_start.checkpoint).expanduser()
+    if not path.is_file():
+      raise ConfigError(f'warm_start.checkpoint {path} is not a file')
+  if config.checkpoints.keep < 0:
+    raise ConfigError(
+        f'checkpoints.keep must be 0 (no snapshots) or more, got '
+        f'{config.checkpoints.keep}')
   for key in ('envs', 'eval_every', 'steps'):
     if config[key] < 1:
       raise ConfigError(f'{key} must be at least 1, got {config[key]}')
@@ -117,23 +134,33 @@ def prepare_logdir(path):
   return logdir
 
 
-def make_task_envs(config):
-  """(train envs, eval envs) of config.task, each wrapped in envs.Parallel."""
+def make_task_envs(config, modes=('train', 'eval'), seed=None):
+  """(train envs, eval envs) of config.task, each wrapped in envs.Parallel:
+  config.envs train envs and min(envs, eval_eps) eval envs. `modes` limits
+  which are built; `seed` replaces config.seed."""
+  seed = config.seed if seed is None else seed
+  counts = {'train': config.envs, 'eval': min(config.envs, config.eval_eps)}
+  built = {mode: [] for mode in ('train', 'eval')}
+  for mode in modes:
+    for index in range(counts[mode]):
+      built[mode].append(envs_lib.Parallel(functools.partial(
+          make_env, config, mode, seed + index + (1000 if mode == 'eval' else 0)),
+          config.envs_parallel))
+  return built['train'], built['eval']
+
+
+def make_env(config, mode, seed):
+  """One env of config.task with the run's settings (action repeat, time
+  limit, size, grayscale, camera)."""
   logdir = pathlib.Path(config.logdir).expanduser()
-  def env(mode, index):
-    seed = config.seed + index + (1000 if mode == 'eval' else 0)
-    ctor = functools.partial(
-        envs_lib.make, config.task, mode, action_repeat=config.action_repeat,
-        time_limit=config.time_limit, size=tuple(config.render_size),
-        grayscale=config.atari_grayscale, camera=config.dmc_camera, seed=seed,
-        outdir=logdir / 'crafter')
-    return envs_lib.Parallel(ctor, config.envs_parallel)
-  train_envs = [env('train', i) for i in range(config.envs)]
-  eval_envs = [env('eval', i) for i in range(min(config.envs, config.eval_eps))]
-  return train_envs, eval_envs
+  return envs_lib.make(
+      config.task, mode, action_repeat=config.action_repeat,
+      time_limit=config.time_limit, size=tuple(config.render_size),
+      grayscale=config.atari_grayscale, camera=config.dmc_camera, seed=seed,
+      outdir=logdir / 'crafter')
 
 
-def run(config, make_envs, outputs=None):
+def run(config, make_envs, outputs=None, task=True):
   """Trains until the step counter reaches config.steps agent steps; it starts
   at the steps stored in logdir/train_episodes, so a second run resumes.
 
@@ -141,7 +168,8 @@ def run(config, make_envs, outputs=None):
   common/envs.py); with no eval envs there is no evaluation. outputs are the
   logger's outputs (default: terminal, metrics.jsonl, TensorBoard). The envs
   are closed when this returns. Raises ConfigError when the agent cannot be
-  built from the config or the checkpoint does not fit it.
+  built from the config or the checkpoint does not fit it. task: whether
+  the envs are config.task's (False for api.train's own env).
   """
   logdir = pathlib.Path(config.logdir).expanduser()
   changes = saved_config_changes(logdir / 'config.yaml', config)
@@ -168,7 +196,7 @@ def run(config, make_envs, outputs=None):
   stop = threading.Event()
   handlers = install_stop_handler(stop)
   try:
-    train_loop(config, logdir, train_envs, eval_envs, outputs, stop)
+    train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task)
   finally:
     for env in train_envs + eval_envs:
       try:
@@ -178,59 +206,204 @@ def run(config, make_envs, outputs=None):
     restore_handlers(handlers)
 
 
-def train_loop(config, logdir, train_envs, eval_envs, outputs, stop):
+def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
   """Prefill, pretrain, then act, store and train; evaluate and save every
   eval_every steps. Returns when done or after `stop` is set."""
-  from common import tfutils
-  from dreamerv2 import agent as agent_lib
-
-  # The agent first: a checkpoint of other model sizes stops the run before
-  # the config is saved over the old one and before any env step.
-  obs_space, act_space = train_envs[0].obs_space, train_envs[0].act_space
+  training = Training(config, logdir, train_envs, eval_envs, outputs, stop, task)
   try:
-    agent = agent_lib.Agent(config, obs_space, act_space)
-  except ValueError as e:
-    raise ConfigError(f'cannot build the agent from this config: {e}') from None
-  checkpoint = logdir / CHECKPOINT
-  if checkpoint.exists():
-    try:
-      tfutils.load_checkpoint(agent, checkpoint)
-    except tfutils.CheckpointMismatch as e:
-      changes = saved_config_changes(logdir / 'config.yaml', config)
-      hint = f' (config changes: {", ".join(changes)})' if changes else ''
-      raise ConfigError(f'{e}{hint}') from None
-  config.save(logdir / 'config.yaml')
-  count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
-  print(f'Agent: {count(agent.trainable_variables) / 1e6:.2f}M parameters '
-        f'(world model {count(agent.wm.trainable_variables) / 1e6:.2f}M)')
+    training.prefill()
+    training.pretrain()
+    while int(training.step) < config.steps:
+      training.evaluate()
+      # Phases end at multiples of eval_every, also after a resume.
+      until = (int(training.step) // config.eval_every + 1) * config.eval_every
+      training.train(min(until, config.steps))
+      training.save(snapshot=True)
+      if int(training.step) >= config.steps:
+        training.evaluate()  # The curve ends with the final policy's score.
+    training.logger.write()
+    print(f'Finished {int(training.step)} steps; checkpoint {training.checkpoint}.')
+  except Stopped:
+    training.shutdown()
 
-  train_replay = replay_lib.Replay(
-      logdir / 'train_episodes', seed=config.seed, **config.replay)
-  eval_replay = replay_lib.Replay(
-      logdir / 'eval_episodes', capacity=config.replay.capacity // 100,
-      minlen=config.dataset.length, maxlen=config.dataset.length)
-  step = utils.Counter(train_replay.stats['total_steps'])  # Agent steps.
-  if outputs is None:
-    # The replay's counts go to the files only; the progress line stays short.
-    hide_counts = r'^(?!(train|eval)_(total|loaded)_(steps|episodes)$)'
-    outputs = [
-        logger_lib.TerminalOutput(config.steps * config.action_repeat, hide_counts),
-        logger_lib.JSONLOutput(logdir),
-        logger_lib.TensorBoardOutput(logdir)]
-  logger = logger_lib.Logger(step, outputs, multiplier=config.action_repeat)
-  print(f'Train replay: {train_replay.stats["total_episodes"]} episodes, '
-        f'{int(step)} steps stored.')
 
-  should_train = utils.Every(config.train_every)
-  should_log = utils.Every(config.log_every)
-  should_video = {
-      'train': utils.Every(config.log_every),
-      'eval': utils.Every(config.eval_every)}
-  should_explore = utils.Until(config.expl_until // config.action_repeat)
-  can_report = config.dataset.length > 5  # The open-loop video has 5 context steps.
-  metrics = collections.defaultdict(list)
+class Training:
+  """One run's parts, wired once: the agent with its checkpoint, the train
+  and eval replays, the drivers, the step counter and the logger. The loop
+  (train_loop) calls its phases: prefill, pretrain, evaluate, train, save;
+  shutdown after a stop."""
 
-  def per_episode(episode, mode):
+  def __init__(self, config, logdir, train_envs, eval_envs, outputs, stop,
+               task=True):
+    self.config, self.logdir, self.stop = config, logdir, stop
+    self.checkpoint = logdir / CHECKPOINT
+    # The agent first: a checkpoint of other model sizes stops the run before
+    # the config is saved over the old one and before any env step.
+    self.act_space = train_envs[0].act_space
+    self.agent = build_agent(config, train_envs[0].obs_space, self.act_space)
+    self.trained = restore(self.agent, logdir, config)  # Anything to save on exit.
+    config.save(logdir / 'config.yaml')
+    save_spaces(logdir, train_envs[0].obs_space, self.act_space, task)
+    count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
+    print(f'Agent: {count(self.agent.trainable_variables) / 1e6:.2f}M parameters '
+          f'(world model {count(self.agent.wm.trainable_variables) / 1e6:.2f}M)')
+
+    self.train_replay = replay_lib.Replay(
+        logdir / 'train_episodes', seed=config.seed, **config.replay)
+    self.eval_replay = replay_lib.Replay(
+        logdir / 'eval_episodes', capacity=config.replay.capacity // 100,
+        minlen=config.dataset.length, maxlen=config.dataset.length)
+    self.step = utils.Counter(self.train_replay.stats['total_steps'])  # Agent steps.
+    if outputs is None:
+      # The replay's counts go to the files only; the progress line stays short.
+      hide_counts = r'^(?!(train|eval)_(total|loaded)_(steps|episodes)$)'
+      outputs = [
+          logger_lib.TerminalOutput(config.steps * config.action_repeat, hide_counts),
+          logger_lib.JSONLOutput(logdir),
+          logger_lib.TensorBoardOutput(logdir)]
+    self.logger = logger_lib.Logger(self.step, outputs, multiplier=config.action_repeat)
+    print(f'Train replay: {self.train_replay.stats["total_episodes"]} episodes, '
+          f'{int(self.step)} steps stored.')
+
+    self.should_train = utils.Every(config.train_every)
+    self.should_log = utils.Every(config.log_every)
+    self.should_video = {
+        'train': utils.Every(config.log_every),
+        'eval': utils.Every(config.eval_every)}
+    self.should_explore = utils.Until(config.expl_until // config.action_repeat)
+    self.can_report = config.dataset.length > 5  # Open-loop videos have 5 context steps.
+    self.metrics = collections.defaultdict(list)
+    self.train_dataset = self.eval_dataset = None
+    self.prefilling = False  # Random actions: no updates, no logs.
+
+    self.train_driver = driver_lib.Driver(train_envs)
+    self.train_driver.on_step(lambda transition, worker: self.step.increment())
+    # The replay saves an episode at its last step.
+    self.train_driver.on_step(self.train_replay.add_step)
+    self.train_driver.on_reset(self.train_replay.add_step)
+    self.train_driver.on_episode(lambda episode, worker: self.log_episode(episode, 'train'))
+    self.train_driver.on_step(self.check_stop)
+    self.train_driver.on_step(self.train_step)
+    self.eval_driver = driver_lib.Driver(eval_envs)
+    self.eval_driver.on_episode(self.store_eval_episode)
+    self.eval_driver.on_episode(lambda episode, worker: self.log_episode(episode, 'eval'))
+    self.eval_driver.on_step(self.check_stop)
+    self.has_eval = bool(eval_envs)
+
+  # Phases ---------------------------------------------------------------------
+
+  def prefill(self):
+    """Random actions until the replay holds config.prefill steps (and at
+    least one finished episode); then one random-policy eval episode."""
+    config = self.config
+    prefill = max(0, config.prefill - int(self.step))
+    if prefill:
+      print(f'Prefill the replay with a random policy ({prefill} steps).')
+      random_policy = make_random_policy(self.act_space['action'], config.seed)
+      # The episode in progress then continues with the agent (no reset), so
+      # the replay never joins two episodes into one.
+      self.prefilling = True
+      self.train_driver(random_policy, steps=prefill, episodes=1)
+      self.prefilling = False
+      if self.has_eval:
+        # As the published release: one random-policy evaluation episode, so
+        # the curve starts at the prefill step and the eval replay has an
+        # episode for the first open-loop video.
+        print('Evaluate the random policy (1 episode).')
+        self.eval_driver(make_random_policy(
+            self.act_space['action'], config.seed + 1000), episodes=1)
+        self.eval_driver.reset()
+    if not self.train_replay.stats['loaded_episodes']:
+      raise ConfigError(
+          f'the train replay holds no episode of at least replay.minlen = '
+          f'{config.replay.minlen} steps to learn from: lower --replay.minlen '
+          f'or raise --prefill')
+
+  def pretrain(self):
+    """config.pretrain updates, only when no checkpoint was restored."""
+    if self.trained:
+      return
+    print(f'Pretrain the agent ({self.config.pretrain} updates).')
+    self.agent.tfstep.assign(int(self.step))
+    for _ in range(self.config.pretrain):
+      self.agent.train(next(self.dataset()))
+    self.trained = True
+
+  def evaluate(self):
+    """The open-loop video of an eval batch, then eval_eps episodes of the
+    eval policy, from fresh env episodes."""
+    self.logger.write()
+    if not self.has_eval:
+      return
+    print('Start evaluation.')
+    if self.can_report and self.eval_replay.stats['loaded_episodes']:
+      if self.eval_dataset is None:
+        self.eval_dataset = iter(self.eval_replay.dataset(**self.config.dataset))
+      self.logger.add(self.agent.report(next(self.eval_dataset)), prefix='eval')
+    self.eval_driver.reset()
+    self.eval_driver(self.eval_policy, episodes=self.config.eval_eps)
+
+  def train(self, until):
+    """Acts, stores and trains (every train_every steps) until step `until`."""
+    self.logger.write()
+    print('Start training.')
+    self.train_driver(self.train_policy, steps=until - int(self.step))
+
+  def save(self, snapshot=False):
+    """The checkpoint; with `snapshot`, also checkpoints/variables-<frames>.pkl,
+    keeping the newest config.checkpoints.keep of those."""
+    self.agent.tfstep.assign(int(self.step))  # The checkpoint knows its step.
+    save(self.agent, self.logdir, int(self.step) * self.config.action_repeat,
+         self.config.checkpoints.keep if snapshot else 0)
+
+  def shutdown(self):
+    """After a stop: keep the steps of the episodes in progress (as episodes
+    without is_last) and save the checkpoint."""
+    self.logger.write()
+    kept = self.train_replay.save_ongoing()
+    if kept:
+      print(f'Kept {kept} steps of the episodes in progress.')
+    if self.trained:
+      self.save()
+      print(f'Stopped at step {int(self.step)}: saved checkpoint '
+            f'{self.checkpoint}. Run the same command to resume.')
+    else:
+      print(f'Stopped at step {int(self.step)} before training; the episodes '
+            f'are kept in {self.logdir / "train_episodes"}.')
+
+  # Callbacks and policies -------------------------------------------------------
+
+  def dataset(self):
+    if self.train_dataset is None:
+      self.train_dataset = iter(self.train_replay.dataset(**self.config.dataset))
+    return self.train_dataset
+
+  def train_policy(self, obs, state):
+    mode = 'explore' if self.should_explore(self.step) else 'train'
+    return self.agent.policy(obs, state, mode)
+
+  def eval_policy(self, obs, state):
+    return self.agent.policy(obs, state, 'eval')
+
+  def train_step(self, transition, worker):
+    if self.prefilling:
+      return
+    step = self.step
+    if self.should_train(step):
+      self.agent.tfstep.assign(int(step))  # Schedules read the agent step.
+      for _ in range(self.config.train_steps):
+        for name, value in self.agent.train(next(self.dataset())).items():
+          self.metrics[name].append(float(value))
+    if self.should_log(step):
+      self.logger.add({name: np.mean(values) for name, values in self.metrics.items()})
+      self.metrics.clear()
+      if self.can_report:
+        self.logger.add(self.agent.report(next(self.dataset())), prefix='train')
+      self.logger.add(self.train_replay.stats, prefix='train')
+      self.logger.write(fps=True)
+
+  def log_episode(self, episode, mode):
+    config, logger = self.config, self.logger
     length = len(episode['reward']) - 1
     logger.scalar(f'{mode}_return', episode['reward'].astype(np.float64).sum())
     logger.scalar(f'{mode}_length', length)
@@ -241,123 +414,163 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop):
         logger.scalar(f'mean_{mode}_{key}', value.mean())
       if re.match(config.log_keys_max, key):
         logger.scalar(f'max_{mode}_{key}', value.max(0).mean())
-    if should_video[mode](step):
+    if self.should_video[mode](self.step):
       for key in config.log_keys_video:
         if key in episode:
           # The first 500 frames: an Atari episode of 27k frames is a huge GIF.
           logger.video(f'{mode}_policy_{key}', episode[key][:500])
-    replay = {'train': train_replay, 'eval': eval_replay}[mode]
+    replay = {'train': self.train_replay, 'eval': self.eval_replay}[mode]
     logger.add(replay.stats, prefix=mode)
     logger.write()
 
-  def store_eval_episode(episode, worker):
+  def store_eval_episode(self, episode, worker):
     # Eval episodes only feed the open-loop videos, which need dataset.length.
-    if len(episode['action']) - 1 >= config.dataset.length:
-      eval_replay.add_episode(episode)
+    if len(episode['action']) - 1 >= self.config.dataset.length:
+      self.eval_replay.add_episode(episode)
 
-  def check_stop(transition, worker):
-    if stop.is_set():
+  def check_stop(self, transition, worker):
+    if self.stop.is_set():
       raise Stopped()
 
-  train_driver = driver_lib.Driver(train_envs)
-  train_driver.on_step(lambda transition, worker: step.increment())
-  train_driver.on_step(train_replay.add_step)  # Saves the episode at its last step.
-  train_driver.on_reset(train_replay.add_step)
-  train_driver.on_episode(lambda episode, worker: per_episode(episode, 'train'))
-  train_driver.on_step(check_stop)
-  eval_driver = driver_lib.Driver(eval_envs)
-  eval_driver.on_episode(store_eval_episode)
-  eval_driver.on_episode(lambda episode, worker: per_episode(episode, 'eval'))
-  eval_driver.on_step(check_stop)
 
-  trained = checkpoint.exists()  # Whether there is anything to save on exit.
+# The agent and its checkpoints ------------------------------------------------
+
+
+def save_spaces(logdir, obs_space, act_space, task):
+  """logdir/spaces.pkl: the spaces the agent was built for, so that a run can
+  be loaded without its env (api.load); `task` False for api.train's env."""
+  spaces = {'obs_space': obs_space, 'act_space': act_space, 'task': task}
+  utils.atomic_write(pathlib.Path(logdir) / SPACES, lambda f: pickle.dump(spaces, f))
+
+
+def load_run(logdir):
+  """(config, spaces) of a run's logdir, without TensorFlow; ConfigError
+  naming what is missing."""
+  logdir = pathlib.Path(logdir).expanduser()
+  if not (logdir / 'config.yaml').is_file():
+    raise ConfigError(f'{logdir} holds no config.yaml: is it the logdir of a run?')
   try:
-    prefill = max(0, config.prefill - int(step))
-    if prefill:
-      print(f'Prefill the replay with a random policy ({prefill} steps).')
-      random_policy = make_random_policy(act_space['action'], config.seed)
-      # At least one finished episode, so the replay has data to sample. The
-      # episode in progress then continues with the agent (no reset), so the
-      # replay never joins two episodes into one.
-      train_driver(random_policy, steps=prefill, episodes=1)
-      if eval_envs:
-        # As the published release: one random-policy evaluation episode, so
-        # the curve starts at the prefill step and the eval replay has an
-        # episode for the first open-loop video.
-        print('Evaluate the random policy (1 episode).')
-        eval_driver(make_random_policy(act_space['action'], config.seed + 1000),
-                    episodes=1)
-        eval_driver.reset()
-    if not train_replay.stats['loaded_episodes']:
-      raise ConfigError(
-          f'the train replay holds no episode of at least replay.minlen = '
-          f'{config.replay.minlen} steps to learn from: lower --replay.minlen '
-          f'or raise --prefill')
-    train_dataset = iter(train_replay.dataset(**config.dataset))
-    eval_dataset = None
-    if not trained:
-      print(f'Pretrain the agent ({config.pretrain} updates).')
-      agent.tfstep.assign(int(step))
-      for _ in range(config.pretrain):
-        agent.train(next(train_dataset))
-      trained = True
+    config = config_lib.Config.load(logdir / 'config.yaml')
+    config = config_lib.Config(config_lib.load_configs()['defaults']).update(config.flat)
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f'cannot read {logdir / "config.yaml"}: {e}') from None
+  config = config.update({'logdir': str(logdir)})
+  spaces = None
+  if (logdir / SPACES).is_file():
+    with open(logdir / SPACES, 'rb') as f:
+      spaces = pickle.load(f)
+  return config, spaces
 
-    def train_policy(obs, state):
-      mode = 'explore' if should_explore(step) else 'train'
-      return agent.policy(obs, state, mode)
 
-    def eval_policy(obs, state):
-      return agent.policy(obs, state, 'eval')
+def find_checkpoint(logdir, checkpoint=None):
+  """The checkpoint to load: `checkpoint` if given, else logdir/variables.pkl,
+  else the newest snapshot. ConfigError if there is none."""
+  logdir = pathlib.Path(logdir).expanduser()
+  if checkpoint:
+    path = pathlib.Path(checkpoint).expanduser()
+    if not path.is_file():
+      raise ConfigError(f'checkpoint {path} is not a file')
+    return path
+  if (logdir / CHECKPOINT).is_file():
+    return logdir / CHECKPOINT
+  kept = snapshots(logdir)
+  if kept:
+    return kept[0][1]
+  raise ConfigError(
+      f'{logdir} holds no checkpoint ({CHECKPOINT} or {SNAPSHOTS}/): the run '
+      f'saves one after its first training phase or when stopped')
 
-    def train_step(transition, worker):
-      if should_train(step):
-        agent.tfstep.assign(int(step))  # Schedules read the agent step.
-        for _ in range(config.train_steps):
-          for name, value in agent.train(next(train_dataset)).items():
-            metrics[name].append(float(value))
-      if should_log(step):
-        logger.add({name: np.mean(values) for name, values in metrics.items()})
-        metrics.clear()
-        if can_report:
-          logger.add(agent.report(next(train_dataset)), prefix='train')
-        logger.add(train_replay.stats, prefix='train')
-        logger.write(fps=True)
 
-    train_driver.on_step(train_step)
+def checkpoint_step(path):
+  """The agent step a checkpoint was saved at (its `tfstep`), without TF;
+  ConfigError if the file cannot be read."""
+  try:
+    values = utils.read_checkpoint(path)
+  except utils.CheckpointUnreadable as e:
+    raise ConfigError(str(e)) from None
+  return int(values.get('tfstep', 0))
 
-    def evaluate():
-      nonlocal eval_dataset
-      logger.write()
-      print('Start evaluation.')
-      if can_report and eval_replay.stats['loaded_episodes']:
-        if eval_dataset is None:
-          eval_dataset = iter(eval_replay.dataset(**config.dataset))
-        logger.add(agent.report(next(eval_dataset)), prefix='eval')
-      eval_driver.reset()  # Fresh episodes and policy state for each evaluation.
-      eval_driver(eval_policy, episodes=config.eval_eps)
 
-    while int(step) < config.steps:
-      logger.write()
-      if eval_envs:
-        evaluate()
-      print('Start training.')
-      # Phases end at multiples of eval_every, also after a resume.
-      until = (int(step) // config.eval_every + 1) * config.eval_every
-      train_driver(train_policy, steps=min(until, config.steps) - int(step))
-      tfutils.save_checkpoint(agent, checkpoint)
-      if eval_envs and int(step) >= config.steps:
-        evaluate()  # The curve ends with the final policy's score.
-    logger.write()
-    print(f'Finished {int(step)} steps; checkpoint {checkpoint}.')
-  except Stopped:
-    logger.write()
-    if trained:
-      tfutils.save_checkpoint(agent, checkpoint)
-      print(f'Stopped at step {int(step)}: saved checkpoint {checkpoint}. '
-            f'Run the same command to resume.')
-    else:
-      print(f'Stopped at step {int(step)} before training; finished episodes '
-            f'are kept in {logdir / "train_episodes"}.')
+def build_agent(config, obs_space, act_space):
+  """The agent of `config` for these spaces; ConfigError if it cannot be."""
+  from dreamerv2 import agent as agent_lib
+  try:
+    return agent_lib.Agent(config, obs_space, act_space)
+  except ValueError as e:
+    raise ConfigError(f'cannot build the agent from this config: {e}') from None
+
+
+def snapshots(logdir):
+  """The kept checkpoints of a logdir, newest first: [(frames, path)]."""
+  found = []
+  for path in (pathlib.Path(logdir) / SNAPSHOTS).glob('variables-*.pkl'):
+    try:
+      found.append((int(path.stem.split('-', 1)[1]), path))
+    except ValueError:
+      pass
+  return sorted(found, reverse=True)
+
+
+def save(agent, logdir, frames, keep):
+  """Writes logdir/variables.pkl; with keep > 0 also a snapshot
+  checkpoints/variables-<frames>.pkl, then removes all but the newest `keep`
+  snapshots. Every write is atomic (common.utils.atomic_write)."""
+  from common import tfutils
+  path = pathlib.Path(logdir) / CHECKPOINT
+  tfutils.save_checkpoint(agent, path)
+  if keep <= 0:
+    return
+  folder = pathlib.Path(logdir) / SNAPSHOTS
+  folder.mkdir(exist_ok=True)
+  with open(path, 'rb') as source:
+    utils.atomic_write(
+        folder / f'variables-{frames}.pkl',
+        lambda f: shutil.copyfileobj(source, f, 1 << 24),
+        size=path.stat().st_size)
+  for _, old in snapshots(logdir)[keep:]:
+    old.unlink(missing_ok=True)
+
+
+def restore(agent, logdir, config):
+  """Loads logdir's checkpoint into the agent (falling back to the newest
+  readable snapshot when it is damaged), or else warm-starts from
+  config.warm_start.checkpoint. Returns whether the logdir had a checkpoint.
+  ConfigError when none is readable or a checkpoint does not fit."""
+  from common import tfutils
+  logdir = pathlib.Path(logdir)
+  latest = logdir / CHECKPOINT
+  candidates = ([latest] if latest.exists() else []) + [
+      path for _, path in snapshots(logdir)]
+  damaged = []
+  for path in candidates:
+    try:
+      tfutils.load_checkpoint(agent, path)
+    except tfutils.CheckpointUnreadable as e:
+      damaged.append(f'{path} ({e})')
+      continue
+    except tfutils.CheckpointMismatch as e:
+      changes = saved_config_changes(logdir / 'config.yaml', config)
+      hint = f' (config changes: {", ".join(changes)})' if changes else ''
+      raise ConfigError(f'{e}{hint}') from None
+    if damaged:
+      print(f'Warning: the checkpoint {damaged[0]} is damaged; resuming from '
+            f'{path}, the newest readable one.', file=sys.stderr)
+    return True
+  if damaged:
+    raise ConfigError(
+        f'no readable checkpoint in {logdir}: {"; ".join(damaged)}. Nothing '
+        f'was changed; move the damaged files away to start over')
+  warm = config.warm_start
+  if warm.checkpoint:
+    path = pathlib.Path(warm.checkpoint).expanduser()
+    select = None if warm.only == 'all' else (
+        lambda name: name.startswith('wm/') and '_opt/' not in name)
+    try:
+      tfutils.load_checkpoint(agent, path, select)
+    except (tfutils.CheckpointUnreadable, tfutils.CheckpointMismatch) as e:
+      raise ConfigError(f'--warm_start.checkpoint: {e}') from None
+    print(f'Warm start from {path} ({warm.only}).')
+  return False
 
 
 def make_random_policy(space, seed):

@@ -189,7 +189,13 @@ def test_kill_9_loses_no_episode_and_the_restart_continues(tmp_path):
   assert total == 12  # 600 steps in episodes of 50.
 
 
-def test_ctrl_c_saves_the_checkpoint_and_exits_0(tmp_path):
+def stored_steps(logdir):
+  """Agent steps in the episode files, from their names (<...>-<length>.npz)."""
+  return sum(int(p.stem.rsplit('-', 1)[1])
+             for p in (pathlib.Path(logdir) / 'train_episodes').glob('*.npz'))
+
+
+def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
   logdir = tmp_path / 'pong'
   # Env processes too: a terminal's Ctrl-C reaches the whole process group.
   process = start(
@@ -198,6 +204,7 @@ def test_ctrl_c_saves_the_checkpoint_and_exits_0(tmp_path):
   try:
     wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)), process)
     assert not (logdir / 'variables.pkl').exists()
+    time.sleep(1.5)  # Into an episode of 50 steps.
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
   finally:
@@ -208,6 +215,89 @@ def test_ctrl_c_saves_the_checkpoint_and_exits_0(tmp_path):
   assert 'saved checkpoint' in out and 'Traceback' not in out
   with open(logdir / 'variables.pkl', 'rb') as f:
     assert pickle.load(f)
+  # Every step taken is stored: the episode in progress as one without is_last.
+  stopped = int(out.split('Stopped at step ')[1].split(':')[0])
+  assert stored_steps(logdir) == stopped > 100
+  lengths = sorted(int(p.stem.rsplit('-', 1)[1])
+                   for p in (logdir / 'train_episodes').glob('*.npz'))
+  if stopped % 50:
+    assert f'Kept {stopped % 50} steps of the episodes in progress.' in out
+    (partial,) = [p for p in (logdir / 'train_episodes').glob('*.npz')
+                  if int(p.stem.rsplit('-', 1)[1]) == stopped % 50]
+    episode = load_episode(partial)
+    assert episode['is_first'][0] and not episode['is_last'].any()
+    assert lengths.count(50) == stopped // 50
+  # The resumed run continues at that step: no random prefill, and the logged
+  # steps never go back.
+  result = train(logdir, {'steps': stopped + 20, 'eval_every': 1e4})
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f'{stopped} steps stored.' in result.stdout
+  assert 'Prefill' not in result.stdout
+  steps = [line['step'] for line in read_metrics(logdir)]
+  assert steps == sorted(steps) and max(steps) == (stopped + 20) * 4
+
+
+def test_kept_checkpoints_are_the_newest_and_a_damaged_one_falls_back(tmp_path):
+  logdir = tmp_path / 'pong'
+  # Saves after the phases ending at steps 200, 300, 400 and 500.
+  result = train(logdir, {'steps': 500, 'eval_every': 100, 'checkpoints.keep': 2})
+  assert result.returncode == 0, result.stdout + result.stderr
+  kept = sorted(p.name for p in (logdir / 'checkpoints').iterdir())
+  assert kept == ['variables-1600.pkl', 'variables-2000.pkl']  # Frames.
+  latest = (logdir / 'variables.pkl').read_bytes()
+  assert (logdir / 'checkpoints' / 'variables-2000.pkl').read_bytes() == latest
+  # A truncated variables.pkl: the run resumes from the newest snapshot.
+  (logdir / 'variables.pkl').write_bytes(latest[:len(latest) // 2])
+  result = train(logdir, {'steps': 600, 'eval_every': 100, 'checkpoints.keep': 2})
+  assert result.returncode == 0, result.stdout + result.stderr
+  (warning,) = [l for l in result.stderr.splitlines() if l.startswith('Warning')]
+  assert str(logdir / 'variables.pkl') in warning
+  assert str(logdir / 'checkpoints' / 'variables-2000.pkl') in warning
+  assert 'Pretrain' not in result.stdout and 'Finished 600 steps' in result.stdout
+  # Every checkpoint truncated: exit 2 naming them, and nothing is removed.
+  for path in [logdir / 'variables.pkl', *(logdir / 'checkpoints').iterdir()]:
+    path.write_bytes(path.read_bytes()[:100])
+  listing = sorted((str(p), p.stat().st_size) for p in logdir.rglob('*') if p.is_file())
+  result = train(logdir, {'steps': 700, 'eval_every': 100, 'checkpoints.keep': 2})
+  assert result.returncode == 2, result.stdout + result.stderr
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith(f'error: no readable checkpoint in {logdir}: ')
+  assert 'variables.pkl' in error and 'variables-2400.pkl' in error
+  assert sorted((str(p), p.stat().st_size)
+                for p in logdir.rglob('*') if p.is_file()) == listing
+
+
+def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
+  import tensorflow as tf
+  from common import config as config_lib
+  from common import tfutils
+  from dreamerv2 import train as train_lib
+  source, _ = finished_run
+  saved = tfutils.read_checkpoint(source / 'variables.pkl')
+  config = config_lib.Config.load(source / 'config.yaml').update({
+      'logdir': str(tmp_path / 'new'), 'warm_start.checkpoint':
+      str(source / 'variables.pkl'), 'warm_start.only': 'world_model'})
+  env = train_lib.make_env(config, 'train', 0)
+  tf.random.set_seed(5)
+  agent = train_lib.build_agent(config, env.obs_space, env.act_space)
+  assert train_lib.restore(agent, tmp_path / 'new', config) is False
+  named = tfutils.named_variables(agent)
+  model = [n for n in named if n.startswith('wm/') and '_opt/' not in n]
+  assert len(model) > 20
+  for name in model:
+    np.testing.assert_array_equal(named[name].numpy(), saved[name], err_msg=name)
+  behavior = [n for n in named if n.startswith('_task_behavior/') and
+              ('actor/' in n or 'critic/' in n) and n.endswith('kernel')]
+  assert behavior and all(
+      not np.array_equal(named[n].numpy(), saved[n]) for n in behavior)
+  assert int(named['wm/model_opt/updates'].numpy()) == 0  # Fresh optimizer.
+  # A checkpoint of other sizes names the first differing world-model variable.
+  bigger = config.update({'rssm.deter': 48})
+  agent = train_lib.build_agent(bigger, env.obs_space, env.act_space)
+  with pytest.raises(train_lib.ConfigError) as info:
+    train_lib.restore(agent, tmp_path / 'new', bigger)
+  assert str(info.value).startswith('--warm_start.checkpoint: checkpoint ')
+  assert ': wm/' in str(info.value)
 
 
 @pytest.mark.parametrize('flags, message', [

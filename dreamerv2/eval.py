@@ -1,0 +1,163 @@
+"""Evaluate a trained agent outside the training loop.
+
+  python3 dreamerv2/eval.py --logdir ~/logdir/atari_pong/dreamerv2/1 --episodes 10
+
+Reads RUN/config.yaml and a checkpoint (default: the newest), builds the
+task's envs with the run's settings (action repeat, time limit, size, sticky
+actions, camera), runs the episodes with the chosen policy and writes
+RUN/eval/<checkpoint frames>/eval.json (per-episode return and length; mean,
+std, min, max; the checkpoint and its step; the command) plus GIFs of the
+first --videos episodes; the same JSON is the last line printed. It may run
+while the run trains: it reads only complete checkpoints (they are renamed
+into place when written) and writes nothing but its own directory.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np
+
+from common import envs as envs_lib
+from common import logger as logger_lib
+from common import utils
+from dreamerv2 import train as train_lib
+
+VIDEO_FRAMES = 1000  # A GIF holds an episode's first 1000 frames at most.
+
+
+def parse(argv):
+  parser = argparse.ArgumentParser(
+      prog='dreamerv2/eval.py', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--logdir', required=True, help='the run to evaluate')
+  parser.add_argument('--episodes', type=int, default=10)
+  parser.add_argument('--checkpoint', default=None,
+                      help='a checkpoint file (default: the run\'s newest)')
+  parser.add_argument('--policy', choices=('eval', 'train'), default='eval',
+                      help='eval: the actor\'s mode (default); train: samples')
+  parser.add_argument('--videos', type=int, default=1,
+                      help='GIFs of the first N episodes (default 1)')
+  parser.add_argument('--outdir', default=None,
+                      help='default: RUN/eval/<checkpoint frames>')
+  parser.add_argument('--task', default=None,
+                      help='another task with the same spaces (default: the run\'s)')
+  parser.add_argument('--seed', type=int, default=None,
+                      help='env and sampling seed (default: the run\'s seed + 2000)')
+  return parser.parse_args(argv)
+
+
+def check_spaces(run_spaces, env, task):
+  """ConfigError unless env has the observations and actions the agent has."""
+  want, have = run_spaces['obs_space'], env.obs_space
+  for key, space in want.items():
+    if key.startswith('log_'):
+      continue
+    if key not in have or have[key].shape != space.shape or have[key].dtype != space.dtype:
+      got = f'{have[key].shape} {have[key].dtype}' if key in have else 'none'
+      raise train_lib.ConfigError(
+          f'task {task} has other observations than the run: {key} is '
+          f'{space.shape} {space.dtype} there, {got} here')
+  want, have = run_spaces['act_space']['action'], env.act_space['action']
+  if want.shape != have.shape or getattr(want, 'discrete', False) != getattr(
+      have, 'discrete', False):
+    raise train_lib.ConfigError(
+        f'task {task} has other actions than the run: {want} there, {have} here')
+
+
+def main(argv=None):
+  args = parse(argv)
+  try:
+    if args.episodes < 1:
+      raise train_lib.ConfigError(f'--episodes must be at least 1, got {args.episodes}')
+    if args.videos < 0:
+      raise train_lib.ConfigError(f'--videos must be 0 or more, got {args.videos}')
+    logdir = pathlib.Path(args.logdir).expanduser()
+    config, spaces = train_lib.load_run(logdir)
+    if spaces is not None and not spaces['task']:
+      raise train_lib.ConfigError(
+          f'{logdir} was trained through api.train on a Python env: load it '
+          f'with api.load and run it on that env')
+    task = args.task or config.task
+    with train_lib.mujoco_rendering_off():
+      envs_lib.check_task(task)
+    checkpoint = train_lib.find_checkpoint(logdir, args.checkpoint)
+    step = train_lib.checkpoint_step(checkpoint)
+    frames = step * config.action_repeat
+    seed = config.seed + 2000 if args.seed is None else args.seed
+    from dreamerv2 import api
+    try:
+      env = api.make_env(config, 'eval', seed, task)
+    except ValueError as e:
+      raise train_lib.ConfigError(
+          f'cannot build task {task} with the run\'s settings: {e}') from None
+    if spaces is not None:
+      try:
+        check_spaces(spaces, env, task)
+      except train_lib.ConfigError:
+        env.close()
+        raise
+  except (train_lib.ConfigError, envs_lib.UnknownTask, envs_lib.MissingPackage) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  outdir = pathlib.Path(args.outdir or logdir / 'eval' / str(frames)).expanduser()
+  try:
+    agent = api.load(logdir, checkpoint, seed)
+    results = run_episodes(agent, env, args, outdir)
+  except train_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  finally:
+    env.close()
+  returns = np.array([r['return'] for r in results])
+  report = {
+      'run': str(logdir), 'task': task, 'checkpoint': str(checkpoint),
+      'step': frames, 'agent_step': step, 'policy': args.policy, 'seed': seed,
+      'episodes': results, 'mean': float(returns.mean()),
+      'std': float(returns.std()), 'min': float(returns.min()),
+      'max': float(returns.max()),
+      'command': ' '.join(['python3', 'dreamerv2/eval.py'] + sys.argv[1:]),
+      'videos': [r['video'] for r in results if r.get('video')]}
+  text = json.dumps(report)
+  utils.atomic_write(outdir / 'eval.json', lambda f: f.write(text), mode='w')
+  print(text)
+
+
+def run_episodes(agent, env, args, outdir):
+  """Runs args.episodes episodes; prints a progress line after each."""
+  outdir.mkdir(parents=True, exist_ok=True)
+  mode = {'eval': 'eval', 'train': 'train'}[args.policy]
+  print(f'Evaluating {agent.checkpoint} (step {agent.frames} frames) with the '
+        f'{args.policy} policy for {args.episodes} episodes into {outdir}', flush=True)
+  results, start = [], time.time()
+  for index in range(args.episodes):
+    obs, state = env.reset(), None
+    total, length, frames = 0.0, 0, [obs['image']] if 'image' in obs else None
+    while not obs['is_last']:
+      action, state = agent.policy(obs, state, mode)
+      obs = env.step(action)
+      total += float(obs['reward'])
+      length += 1
+      if frames is not None and index < args.videos and len(frames) < VIDEO_FRAMES:
+        frames.append(obs['image'])
+    result = {'return': total, 'length': length}
+    if frames is not None and index < args.videos:
+      path = outdir / f'episode-{index}.gif'
+      gif = logger_lib.encode_gif(np.stack(frames), 20)
+      utils.atomic_write(path, lambda f: f.write(gif))
+      result['video'] = str(path)
+    results.append(result)
+    spent = time.time() - start
+    left = spent / (index + 1) * (args.episodes - index - 1)
+    print(f'Episode {index + 1}/{args.episodes}: return {total:.1f}, length '
+          f'{length} · {logger_lib.format_duration(left)} left', flush=True)
+  return results
+
+
+if __name__ == '__main__':
+  main()
