@@ -3,6 +3,7 @@ where the actor and critic gradients go, terminal weights, the slow critic,
 exploration, the agent's update and policy, and schedules."""
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -386,3 +387,132 @@ def test_a_bad_schedule_raises_naming_it(bad):
   with pytest.raises(ValueError) as info:
     tfutils.schedule(bad)
   assert repr(bad) in str(info.value)
+
+
+def test_exp_and_horizon_schedules():
+  # exp(initial, final, halflife): halfway to final every halflife steps.
+  assert at(tfutils.schedule('exp(1,0,10)'), [0, 10, 20]) == pytest.approx([1, 0.5, 0.25])
+  assert at(tfutils.schedule('exp(3,1,5)'), [5]) == pytest.approx([2])
+  # horizon(initial, final, duration): a discount 1 - 1/h for a horizon h
+  # moving linearly from initial to final.
+  horizon = tfutils.schedule('horizon(10,100,100)')
+  assert at(horizon, [0, 50, 100, 200]) == pytest.approx(
+      [0.9, 1 - 1 / 55, 0.99, 0.99])
+
+
+# Reward normalisation -------------------------------------------------------
+
+
+def test_stream_norm_divides_by_a_running_mean_of_magnitudes():
+  norm = tfutils.StreamNorm(momentum=0.5, scale=2.0, eps=0.0)
+  out, metrics = norm(tf.constant([2.0, -2.0]))
+  # mag = 0.5 * 1 + 0.5 * mean(|x|) = 1.5; out = x / 1.5 * scale.
+  assert float(norm.mag) == pytest.approx(1.5)
+  np.testing.assert_allclose(out.numpy(), [2 / 1.5 * 2, -2 / 1.5 * 2], rtol=1e-6)
+  assert float(metrics['mean']) == 0.0 and float(metrics['std']) == pytest.approx(2.0)
+  out, _ = norm(tf.constant([6.0, 6.0]))
+  assert float(norm.mag) == pytest.approx(0.5 * 1.5 + 0.5 * 6)
+  off = tfutils.StreamNorm(momentum=1.0)  # The default: no normalisation.
+  np.testing.assert_allclose(off(tf.constant([3.0]))[0].numpy(), [3.0], rtol=1e-6)
+
+
+# Action distributions ------------------------------------------------------------
+
+
+def test_trunc_normal_clips_inside_the_bounds_with_straight_through_gradients():
+  from tensorflow_probability import distributions as tfd
+  from common import dists
+  # An event on (or beyond) the bounds comes out 1e-6 inside them, and its
+  # gradient passes through the clip as if it were not there.
+  dist = dists.TruncNormal(tf.zeros(3), tf.ones(3))
+  event = tf.Variable([1.0, -1.0, 0.3])
+  with tf.GradientTape() as tape:
+    clipped = dist._clipped(event * 1.0)
+    loss = tf.reduce_sum(clipped * tf.constant([1.0, 2.0, 3.0]))
+  np.testing.assert_allclose(clipped.numpy(), [1 - 1e-6, -1 + 1e-6, 0.3], atol=1e-7)
+  assert float(clipped[0]) < 1.0 and float(clipped[1]) > -1.0
+  np.testing.assert_allclose(tape.gradient(loss, event).numpy(), [1, 2, 3])
+  # The mode is the truncated Normal's mean (inside the bounds), clipped.
+  mean, std = tf.Variable([0.2, 0.9]), tf.constant([0.3, 0.5])
+  with tf.GradientTape(persistent=True) as tape:
+    mode = dists.TruncNormal(mean, std).mode()
+    raw = tfd.TruncatedNormal(mean, std, -1.0, 1.0).mean()
+  np.testing.assert_allclose(mode.numpy(), raw.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(
+      tape.gradient(mode, mean).numpy(), tape.gradient(raw, mean).numpy(), rtol=1e-5)
+  tf.random.set_seed(0)
+  samples = tf.stack([dists.TruncNormal(tf.fill([200], 0.99), tf.fill([200], 0.5)).sample()
+                      for _ in range(5)])
+  assert float(tf.reduce_max(samples)) <= 1 - 1e-6
+  assert float(tf.reduce_min(samples)) >= -1 + 1e-6
+
+
+def test_tanh_normal_mode_is_the_likeliest_of_its_samples():
+  from common import dists
+  tf.random.set_seed(0)
+  mean, std = tf.constant([[0.3, -2.0]]), tf.constant([[-6.0, -6.0]])
+  dist = dists.tanh_normal(mean, std, min_std=0.01)
+  mode = dist.mode().numpy()
+  # A narrow Normal: the mode sits at tanh of the squashed mean, inside (-1, 1).
+  center = np.tanh(5 * np.tanh(mean.numpy() / 5))
+  np.testing.assert_allclose(mode, center, atol=0.05)
+  assert np.abs(mode).max() < 1
+  # No other sample is more likely than the chosen one, by construction.
+  samples = dist.sample()
+  assert float(dist.log_prob(mode)[0]) >= float(dist.log_prob(samples)[0]) - 1.0
+
+
+# Policy options ------------------------------------------------------------------
+
+
+def observation(batch=1, first=True, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'state': rng.normal(size=(batch, 5)).astype(np.float32),
+          'is_first': np.full(batch, first)}
+
+
+def test_eval_state_mean_makes_the_eval_latent_deterministic():
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  for state_mean in (True, False):
+    tf.random.set_seed(0)
+    agent = agent_lib.Agent(H.tiny_config(eval_state_mean=state_mean), obs, act)
+    latents = [agent.policy(observation(64), None, 'eval')[1][0]['stoch'].numpy()
+               for _ in range(2)]
+    same = np.array_equal(*latents)
+    assert same == state_mean, state_mean
+    # Training always samples its latent.
+    train = [agent.policy(observation(64), None, 'train')[1][0]['stoch'].numpy()
+             for _ in range(2)]
+    assert not np.array_equal(*train)
+
+
+def test_eval_noise_replaces_the_eval_action():
+  obs, act = H.obs_space(vector=5), H.act_space(True, 3)
+  for noise in (0.0, 1.0):
+    tf.random.set_seed(0)
+    agent = agent_lib.Agent(
+        H.tiny_config(eval_noise=noise, eval_state_mean=True), obs, act)
+    # The same observation in every row: without noise the same action.
+    obs_same = {k: np.repeat(v[:1], 300, 0) for k, v in observation(300).items()}
+    actions = agent.policy(obs_same, None, 'eval')[0]['action'].numpy().argmax(-1)
+    assert (len(set(actions)) == 1) == (noise == 0.0), (noise, set(actions))
+    if noise:
+      assert set(actions) == {0, 1, 2}
+
+
+def test_expl_until_explores_until_that_many_frames(tmp_path):
+  from dreamerv2 import train as train_lib
+  import gymnasium
+  from common import envs
+  config = H.tiny_config(**{
+      'logdir': str(tmp_path), 'expl_until': 400, 'action_repeat': 4,
+      'expl_behavior': 'random'})
+  env = envs.from_gym(gymnasium.make('CartPole-v1'))
+  training = train_lib.Training(
+      config, tmp_path, [env], [], [], threading.Event())
+  modes = []
+  training.agent.policy = lambda obs, state, mode: (modes.append(mode), ({}, None))[1]
+  for step in (0, 99, 100, 500):  # 400 frames = 100 agent steps.
+    training.step.value = step
+    training.train_policy({}, None)
+  assert modes == ['explore', 'explore', 'train', 'train']

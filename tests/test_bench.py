@@ -1,8 +1,11 @@
 """The benchmark scripts' quick modes run and print every figure, finite.
 
-Presence and finiteness only: a benchmark reports numbers, it never passes or
-fails on them (no speed thresholds here). The one learning check is marked
-`slow` (`make test-slow`).
+One quick run per script, checking presence and finiteness only: a benchmark
+reports numbers, it never passes or fails on them (no speed thresholds here),
+and what a figure claims is tested where the code is (e.g. the bfloat16 bias
+gradient in test_precision.py). Scripts with resumable state of their own
+(pong_world_model.py --checkpoint, learn_dmc.py) also get their resume tested.
+The one learning check is marked `slow` (`make test-slow`).
 """
 
 import json
@@ -218,11 +221,12 @@ def test_plot_speed_plots_the_generated_runs(tmp_path):
   assert set(result['output_bytes']) >= {'curves.json', 'curves.png'}, result
 
 
-def test_bias_grad_shows_add_bias_matching_the_float32_sum(tmp_path):
+def test_bias_grad_prints_its_three_sums(tmp_path):
+  # That add_bias matches the float32 sum is test_precision's claim; here the
+  # script runs and prints its figures.
   result = run_bench(['bench/bias_grad.py'], tmp_path)[-1]
-  # 1 % is about two bfloat16 steps at this magnitude.
-  assert abs(result['nets_add_bias_bfloat16'] / result['float32_sum'] - 1) < 0.01, result
-  assert is_finite(result['bias_add_grad_bfloat16']), result
+  for key in ('nets_add_bias_bfloat16', 'float32_sum', 'bias_add_grad_bfloat16'):
+    assert is_finite(result[key]), (key, result)
 
 
 @pytest.mark.slow

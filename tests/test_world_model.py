@@ -1,9 +1,7 @@
 """The world model's update, its loss as the paper writes it, and the
 checkpoint that resumes a run (paper, section 2; REFERENCE sections 1, 2, 5)."""
 
-import pathlib
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -12,11 +10,10 @@ import tensorflow as tf
 from common import config as config_lib
 from common import tfutils
 from dreamerv2 import agent as agent_lib
+from dreamerv2 import probes
 
 import dreamer_helpers as H
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'bench'))
-import latent_square  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -261,7 +258,7 @@ def test_atari_sized_agent_trains_under_tf_function_and_model_loss_decreases():
 def test_posterior_carries_what_the_actions_cannot_predict():
   # MiniGrid-Empty can be solved from the action history alone (fixed start and
   # goal), so the learning benchmark does not prove that image content reaches
-  # the latent. In bench/latent_square.py a square's position is in the image
+  # the latent. In dreamerv2/probes.py a square's position is in the image
   # only: the decoder can reconstruct it only through encoder -> posterior
   # sample (straight through) -> decoder. Until the latent carries it the
   # reconstruction stays at the mean frame's error. Measured with
@@ -269,5 +266,5 @@ def test_posterior_carries_what_the_actions_cannot_predict():
   # (these settings): the KL jumps at 200 updates and the ratio is 0.38 at 500.
   # With the embedding cut off from the posterior, a first version of this test
   # (the same held-out squares) measured 1.04x the floor and failed.
-  result = latent_square.run(500, 500, 32, ['--model_opt.lr', '1e-3'])
+  result = probes.run(500, 500, 32, ['--model_opt.lr', '1e-3'])
   assert result['final_ratio'] < 0.6, result
