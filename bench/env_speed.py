@@ -6,6 +6,8 @@
 `env_steps_per_second` steps the env(s) in a bare loop; `driver_steps_per_second`
 runs the same through the Driver with a random policy (stacking, callbacks and
 episode assembly included). Frames per second = agent steps x action repeat.
+For one Atari env it also times gymnasium's AtariPreprocessing on the same
+protocol in the same run (`ours_over_gymnasium`).
 """
 
 import argparse
@@ -61,6 +63,34 @@ def driver_loop(env_list, steps, rng):
   return steps, time.perf_counter() - start, len(episodes)
 
 
+def gymnasium_loop(game, steps, repeat, seed):
+  """The same protocol through gymnasium's AtariPreprocessing (what the
+  original used): sticky actions 0.25 on the ALE env, the full action set,
+  frame skip `repeat` with max-pooling, 1-30 no-ops, grayscale, 64x64."""
+  import ale_py
+  import gymnasium
+  gymnasium.register_envs(ale_py)
+  name = ''.join(part.capitalize() for part in game.split('_'))
+  env = gymnasium.make(f'ALE/{name}-v5', frameskip=1, repeat_action_probability=0.25,
+                       full_action_space=True)
+  env = gymnasium.wrappers.AtariPreprocessing(
+      env, noop_max=30, frame_skip=repeat, screen_size=64, grayscale_obs=True,
+      terminal_on_life_loss=False)
+  rng = np.random.default_rng(seed)
+  env.reset(seed=seed)
+  done, episodes = 0, 0
+  start = time.perf_counter()
+  while done < steps:
+    _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+    if terminated or truncated:
+      env.reset()
+      episodes += 1
+    done += 1
+  seconds = time.perf_counter() - start
+  env.close()
+  return done, seconds, episodes
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--task', default='atari_pong')
@@ -86,6 +116,18 @@ def main():
   driven = driver_loop(env_list, args.steps, rng)
   for env in env_list:
     env.close()
+  compare = {}
+  if args.task.startswith('atari_') and args.envs == 1:
+    # Ours against gymnasium's wrapper, one env each, in this run.
+    ours = bare_loop([envs.Parallel(functools.partial(ctor, seed=0), 'none')],
+                     args.steps, np.random.default_rng(1))
+    theirs = gymnasium_loop(envs.atari_game(args.task), args.steps, repeat, 0)
+    compare = {
+        'ours_steps_per_second': round(ours[0] / ours[1], 1),
+        'gymnasium_preprocessing_steps_per_second': round(theirs[0] / theirs[1], 1)}
+    compare['ours_over_gymnasium'] = round(
+        compare['ours_steps_per_second']
+        / compare['gymnasium_preprocessing_steps_per_second'], 3)
   print(json.dumps({
       'task': args.task,
       'envs': args.envs,
@@ -96,6 +138,7 @@ def main():
       'env_frames_per_second': round(bare[0] * repeat / bare[1], 1),
       'driver_steps_per_second': round(driven[0] / driven[1], 1),
       'episodes': bare[2] + driven[2],
+      **compare,
   }))
 
 

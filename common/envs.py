@@ -213,7 +213,12 @@ def check_task(task):
 
 
 class Atari:
-  """Atari 2600 with the DreamerV2 protocol, on the raw ALE for speed.
+  """Atari 2600 with the DreamerV2 protocol, on the raw ALE.
+
+  The protocol of gymnasium's AtariPreprocessing (which the original used),
+  written out because the wrapper repeats the previous frame when a game ends
+  mid-repeat and this shows the last one (tests/test_envs.py); it is also a
+  little faster (bench/env_speed.py prints both).
 
   Sticky actions (the ALE repeats the previous action with probability
   0.25 per frame), `action_repeat` frames per agent step with the last two

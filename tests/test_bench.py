@@ -210,6 +210,9 @@ def test_env_speed_reports_steps_per_second(tmp_path):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
   assert result['env_frames_per_second'] == pytest.approx(
       result['env_steps_per_second'] * result['action_repeat'], rel=0.01), result
+  for key in ('ours_steps_per_second', 'gymnasium_preprocessing_steps_per_second',
+              'ours_over_gymnasium'):
+    assert is_finite(result[key]) and result[key] > 0, (key, result)
 
 
 def test_plot_speed_plots_the_generated_runs(tmp_path):

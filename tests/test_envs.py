@@ -65,6 +65,39 @@ def test_atari_starts_after_1_to_30_random_noops():
   assert env._ale.getEpisodeFrameNumber() == 0
 
 
+def test_a_game_ending_mid_repeat_shows_its_last_frame_where_gymnasium_is_stale():
+  # Why envs.Atari is ours and not gymnasium's AtariPreprocessing (which the
+  # original used; bench/env_speed.py times both): when the game ends before
+  # the last frame of a repeat, the wrapper returns the previous step's pooled
+  # frame again, and ours the screen the game ended on.
+  import ale_py
+  gymnasium.register_envs(ale_py)
+  seed = 2  # Pong, noops 0: random play ends at frame 3606 (ours), 3607 (theirs).
+  env = envs.Atari('pong', seed=seed, noops=0)
+  env.reset()
+  rng = np.random.default_rng(seed)
+  obs = {'is_last': False}
+  while not obs['is_last']:
+    obs = env.step({'action': rng.integers(18)})
+  assert env._ale.getEpisodeFrameNumber() % 4 != 0  # Mid-repeat.
+  screen = np.zeros((210, 160, 1), np.uint8)
+  env._ale.getScreenGrayscale(screen[:, :, 0])
+  np.testing.assert_array_equal(obs['image'], envs._resize(screen, (64, 64)))
+  theirs = gymnasium.make('ALE/Pong-v5', frameskip=1, repeat_action_probability=0.25,
+                          full_action_space=True)
+  theirs = gymnasium.wrappers.AtariPreprocessing(
+      theirs, noop_max=0, frame_skip=4, screen_size=64, grayscale_obs=True)
+  previous, _ = theirs.reset(seed=seed)
+  done = False
+  while not done:
+    last = previous
+    previous, _, terminated, truncated, _ = theirs.step(int(rng.integers(18)))
+    done = terminated or truncated
+  assert theirs.unwrapped.ale.getEpisodeFrameNumber() % 4 != 0  # Mid-repeat.
+  np.testing.assert_array_equal(previous, last)  # The same frame again.
+  theirs.close()
+
+
 def rollout(env, actions):
   env.reset()
   return np.stack([env.step({'action': a})['image'] for a in actions])
