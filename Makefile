@@ -1,6 +1,7 @@
 # DreamerV2-TF2. `make test` is the test command CI runs (.ci/run).
 #
-#   make venv        .venv with requirements.txt (again only when it changes)
+#   make venv        .venv with requirements.txt (again only when it changes);
+#                    with an NVIDIA GPU (nvidia-smi), TensorFlow's CUDA build
 #   make train       Pong with the atari config; LOGDIR=... to choose the run
 #   make test        the fast tests, with the extras (pytest.ini skips the `slow` marker)
 #   make test-slow   the long checks (learning curves, long runs)
@@ -9,6 +10,10 @@
 PYTHON ?= python3
 VENV := .venv
 LOGDIR ?= $(HOME)/logdir/atari_pong/dreamerv2/1
+# On a machine whose nvidia-smi lists a GPU, TensorFlow comes with its CUDA
+# libraries: tensorflow[and-cuda] at the version requirements.txt pins.
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
+TF_VERSION := $(shell sed -n 's/^tensorflow==//p' requirements.txt)
 
 .PHONY: venv extras train test test-slow
 
@@ -20,6 +25,9 @@ $(VENV)/bin/python:
 # The stamp is newer than requirements.txt once they are installed.
 $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install -r requirements.txt
+ifeq ($(GPU),yes)
+	$(VENV)/bin/pip install 'tensorflow[and-cuda]==$(TF_VERSION)'
+endif
 	touch $@
 
 extras: $(VENV)/.installed-extras

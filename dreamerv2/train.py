@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 
@@ -189,7 +190,11 @@ def run(config, make_envs, outputs=None, task=True):
   scaling = ' with loss scaling' if dtype == tf.float16 else ''
   print(f'Logdir {logdir}')
   print(f'Precision {config.precision}: {dtype.name} on {device}{scaling} · '
-        f'tf.function {"on" if config.jit else "off"}')
+        f'tf.function {"on" if config.jit else "off"}'
+        f'{" · XLA" if config.xla else ""}')
+  warning = gpu_warning(device)
+  if warning:
+    print(warning, file=sys.stderr)
 
   with ignore_sigint():  # Env processes inherit it: Ctrl-C is ours to handle.
     train_envs, eval_envs = make_envs()
@@ -571,6 +576,25 @@ def restore(agent, logdir, config):
       raise ConfigError(f'--warm_start.checkpoint: {e}') from None
     print(f'Warm start from {path} ({warm.only}).')
   return False
+
+
+def gpu_warning(device):
+  """A warning when nvidia-smi lists a GPU but TensorFlow runs on the CPU."""
+  if device == 'GPU':
+    return None
+  try:
+    listed = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                            timeout=10).stdout
+  except (OSError, subprocess.SubprocessError):
+    return None
+  gpus = [line for line in listed.splitlines() if line.startswith('GPU')]
+  if not gpus:
+    return None
+  import tensorflow as tf
+  return (f'Warning: nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}), but '
+          f'TensorFlow sees none and runs on the CPU: install its CUDA build, '
+          f'pip install "tensorflow[and-cuda]=={tf.__version__}" (make venv '
+          f'does on such machines).')
 
 
 def make_random_policy(space, seed):

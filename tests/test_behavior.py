@@ -516,3 +516,47 @@ def test_expl_until_explores_until_that_many_frames(tmp_path):
     training.step.value = step
     training.train_policy({}, None)
   assert modes == ['explore', 'explore', 'train', 'train']
+
+
+# The optimizer ---------------------------------------------------------------------
+
+
+def numpy_adam(params, grads, state, lr, eps, clip, wd, beta1=0.9, beta2=0.999):
+  """One step of the paper's optimizer in NumPy (float64): global-norm clip,
+  decoupled weight decay, then Adam with bias correction."""
+  norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+  if clip and norm > clip:
+    grads = [g * clip / norm for g in grads]
+  state['t'] += 1
+  t = state['t']
+  out = []
+  for i, (p, g) in enumerate(zip(params, grads)):
+    p = p * (1 - wd)
+    state['m'][i] = beta1 * state['m'][i] + (1 - beta1) * g
+    state['v'][i] = beta2 * state['v'][i] + (1 - beta2) * g ** 2
+    lr_t = lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    out.append(p - lr_t * state['m'][i] / (np.sqrt(state['v'][i]) + eps))
+  return out, norm
+
+
+def test_optimizer_step_equals_a_numpy_reference_with_clipping_and_decay():
+  rng = np.random.default_rng(0)
+  values = [rng.normal(size=(5, 3)), rng.normal(size=(3,))]
+  params = [tf.Variable(v.astype(np.float32)) for v in values]
+  opt = tfutils.Optimizer('test', params, lr=1e-2, eps=1e-5, clip=2.0, wd=1e-2)
+  state = {'t': 0, 'm': [np.zeros_like(v) for v in values],
+           'v': [np.zeros_like(v) for v in values]}
+  expected = [v.astype(np.float64) for v in values]
+  # A large gradient (clipped to norm 2) and then a small one (not clipped).
+  for scale in (10.0, 0.1):
+    targets = [rng.normal(size=v.shape) for v in values]
+    with tf.GradientTape() as tape:
+      loss = sum(tf.reduce_sum(p * t.astype(np.float32) * scale)
+                 for p, t in zip(params, targets))
+    metrics = opt(tape, loss)
+    grads = [t * scale for t in targets]
+    expected, norm = numpy_adam(expected, grads, state, 1e-2, 1e-5, 2.0, 1e-2)
+    assert float(metrics['test_grad_norm']) == pytest.approx(norm, rel=1e-5)
+    for param, want in zip(params, expected):
+      np.testing.assert_allclose(param.numpy(), want, rtol=1e-5, atol=1e-6)
+  assert int(opt.updates) == 2 and int(opt.skipped) == 0

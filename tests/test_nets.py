@@ -375,3 +375,64 @@ def test_gaussian_latents_observe_imagine_and_kl_in_closed_form():
   with tf.GradientTape() as tape:
     total = tf.reduce_sum(dists.Gaussian(mean, s1).sample())
   np.testing.assert_allclose(tape.gradient(total, mean), np.ones_like(m1))
+
+
+# Fast paths against TensorFlow's own ops ----------------------------------------
+
+# Tolerances: float32 sums in another order agree to ~1e-5 relative; bfloat16
+# rounds every input and weight to 8 bits of mantissa (relative 2^-8 = 0.4%),
+# so a dot product of hundreds of terms is within a few percent of float32.
+TOLERANCE = {tf.float32: 1e-4, tf.bfloat16: 3e-2}
+
+
+def relative_error(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.abs(a - b).max() / (np.abs(b).max() + 1e-12)
+
+
+def conv_and_reference(layer, x, reference):
+  """Values and gradients (input and kernel) of a layer and of a reference
+  function of (x, kernel), under one upstream gradient."""
+  upstream = None
+  results = []
+  for fn in (lambda x: layer(x), lambda x: reference(
+      nets.cast(x), nets.cast(layer.kernel)) + nets.cast(layer.bias)):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = fn(x)
+      if upstream is None:
+        upstream = tf.random.stateless_normal(tf.shape(y), [1, 2])
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    dx, dk = tape.gradient(loss, [x, layer.kernel])
+    results.append((y, dx, dk))
+  return results
+
+
+@pytest.mark.parametrize('bits', [32, 16])
+def test_decoder_transposed_conv_from_1x1_is_the_transposed_conv(bits):
+  # The decoder's first layer: [N, 1, 1, 1536] -> [N, 5, 5, 192], as a matmul.
+  with H.precision(bits, device='cpu') as dtype:
+    tf.random.set_seed(0)
+    layer = nets.Conv(1536, 192, 5, 2, transpose=True)
+    x = tf.random.normal([6, 1, 1, 1536])
+    reference = lambda x, k: tf.nn.conv2d_transpose(
+        x, k, [6, 5, 5, 192], 2, 'VALID')
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+  assert y.dtype == dtype and y.shape == (6, 5, 5, 192)
+  for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+    assert relative_error(ours, theirs) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize('bits', [32, 16])
+def test_encoder_conv_with_2x2_outputs_is_the_conv(bits):
+  # The encoder's last layer: [N, 6, 6, 192] -> [N, 2, 2, 384], kernel 4,
+  # stride 2, as a matmul over the four input patches.
+  with H.precision(bits, device='cpu') as dtype:
+    tf.random.set_seed(0)
+    layer = nets.Conv(192, 384, 4, 2)
+    x = tf.random.normal([6, 6, 6, 192])
+    reference = lambda x, k: tf.nn.conv2d(x, k, 2, 'VALID')
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+  assert y.dtype == dtype and y.shape == (6, 2, 2, 384)
+  for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+    assert relative_error(ours, theirs) < TOLERANCE[dtype]

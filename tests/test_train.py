@@ -407,3 +407,45 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_run(tmp_path):
   result = train(logdir, {'steps': 400})
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'Finished 400 steps' in result.stdout
+
+
+def fake_nvidia_smi(directory):
+  """A stand-in nvidia-smi that lists one GPU; returns a PATH with it first."""
+  directory.mkdir(exist_ok=True)
+  script = directory / 'nvidia-smi'
+  script.write_text('#!/bin/sh\necho "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1)"\n')
+  script.chmod(0o755)
+  return f'{directory}:{os.environ["PATH"]}'
+
+
+@pytest.mark.parametrize('gpu', [True, False], ids=['nvidia-smi', 'none'])
+def test_make_installs_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(tmp_path, gpu):
+  env = dict(os.environ)
+  if gpu:
+    env['PATH'] = fake_nvidia_smi(tmp_path / 'bin')
+  else:  # A PATH without any nvidia-smi.
+    env['PATH'] = ':'.join(p for p in env['PATH'].split(':')
+                           if not (pathlib.Path(p) / 'nvidia-smi').exists())
+  # Dry run (-n), as if nothing were installed (-B): the commands it would run.
+  result = subprocess.run(['make', '-n', '-B', '.venv/.installed'], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=60)
+  assert result.returncode == 0, result.stderr
+  installs = [line for line in result.stdout.splitlines() if 'pip install' in line]
+  version = [line.split('==')[1] for line in (ROOT / 'requirements.txt').read_text(
+      ).splitlines() if line.startswith('tensorflow==')][0]
+  assert installs[0] == '.venv/bin/pip install -r requirements.txt'
+  cuda = f".venv/bin/pip install 'tensorflow[and-cuda]=={version}'"
+  assert installs[1:] == ([cuda] if gpu else [])
+
+
+def test_a_gpu_that_tensorflow_cannot_see_is_warned_about_once(tmp_path):
+  logdir = tmp_path / 'pong'
+  env = {**os.environ, 'PATH': fake_nvidia_smi(tmp_path / 'bin')}
+  result = subprocess.run(
+      command(logdir, {'steps': 120}), cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=env)
+  assert result.returncode == 0, result.stdout + result.stderr
+  warnings = [l for l in result.stderr.splitlines() if 'nvidia-smi lists' in l]
+  assert len(warnings) == 1
+  assert 'NVIDIA A100' in warnings[0] and 'tensorflow[and-cuda]==2.21' in warnings[0]
+  assert 'Precision 32: float32 on CPU' in result.stdout
