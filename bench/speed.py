@@ -109,6 +109,62 @@ def measure_agent(argv, calls):
   }
 
 
+def measure_peak(repeats=20):
+  """This machine's TensorFlow throughput (GFLOP/s) per dtype: a 2048^3
+  matmul, the GRU's matmul of the Atari config ([800, 1200] @ [1200, 1800]),
+  the encoder's second conv ([800, 31, 31, 48] -> 96 channels, k4 s2) and
+  the decoder's third transposed conv ([800, 13, 13, 96] -> 30x30x48, k6 s2).
+  `matmul` (the larger of the two matmuls) is the peak the floor uses."""
+  import tensorflow as tf
+  shapes = {
+      'matmul_2048': ([2048, 2048], [2048, 2048], 2 * 2048 ** 3),
+      'matmul_gru': ([800, 1200], [1200, 1800], 2 * 800 * 1200 * 1800),
+      'conv_encoder': ([800, 31, 31, 48], [4, 4, 48, 96], 2 * 800 * 14 * 14 * 16 * 48 * 96),
+      'conv_decoder': ([800, 13, 13, 96], [6, 6, 48, 96], 2 * 800 * 13 * 13 * 36 * 96 * 48),
+  }
+  result = {}
+  for dtype in (tf.bfloat16, tf.float32):
+    rates = {}
+    for name, (a, b, flops) in shapes.items():
+      x = tf.cast(tf.random.normal(a), dtype)
+      w = tf.cast(tf.random.normal(b) * 0.01, dtype)
+      if name.startswith('matmul'):
+        fn = tf.function(lambda x, w: tf.matmul(x, w))
+      elif name == 'conv_encoder':
+        fn = tf.function(lambda x, w: tf.nn.conv2d(x, w, 2, 'VALID'))
+      else:
+        fn = tf.function(lambda x, w: tf.nn.conv2d_transpose(
+            x, w, [800, 30, 30, 48], 2, 'VALID'))
+      fn(x, w).numpy()
+      best = float('inf')
+      for _ in range(3):  # Best of 3 rounds: the machine may be shared.
+        start = time.time()
+        for _ in range(repeats):
+          y = fn(x, w)
+        y.numpy()
+        best = min(best, (time.time() - start) / repeats)
+      rates[name] = round(flops / best / 1e9, 1)
+    rates['matmul'] = max(rates['matmul_2048'], rates['matmul_gru'])
+    result['bfloat16' if dtype == tf.bfloat16 else 'float32'] = rates
+  return result
+
+
+def floors(config, peak, update_s):
+  """The update's FLOPs (bench/flops.py), its floor (all of them at the matmul
+  peak) and update_s / floor, per precision."""
+  from bench import flops as flopslib
+  counted = flopslib.update_flops(config)
+  result = {'update_gflop': round(counted['total'] / 1e9, 1),
+            'world_model_gflop': round(counted['world_model'] / 1e9, 1),
+            'imagination_gflop': round(counted['imagination'] / 1e9, 1)}
+  for precision, dtype in ((16, 'bfloat16'), (32, 'float32')):
+    floor = counted['total'] / (peak[dtype]['matmul'] * 1e9)
+    result[f'floor{precision}_s'] = round(floor, 3)
+    if update_s.get(precision):
+      result[f'ratio{precision}'] = round(update_s[precision] / floor, 3)
+  return result
+
+
 def measure_env(steps):
   import numpy as np
   from common import envs
@@ -186,9 +242,13 @@ def machine():
   }
 
 
-def run_child(argv, calls):
-  """Runs `measure_agent` in a fresh process (precision is process-global)."""
-  cmd = [sys.executable, __file__, '--_child', str(calls), '--config'] + argv
+def run_child(argv, calls, quick=False):
+  """Runs `measure_agent` (or, for ['--_peak'], `measure_peak`) in a fresh
+  process, so that each measurement starts from a clean TensorFlow."""
+  if argv == ['--_peak']:
+    cmd = [sys.executable, __file__, '--_peak'] + (['--quick'] if quick else [])
+  else:
+    cmd = [sys.executable, __file__, '--_child', str(calls), '--config'] + argv
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
   if proc.returncode != 0 or not lines:
@@ -205,11 +265,15 @@ def main():
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--sweep', action='store_true')
   parser.add_argument('--_child', type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument('--_peak', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
   base = ['--configs', 'defaults', 'atari']
   if args._child:
     print(json.dumps(measure_agent(args.config, args._child)))
+    return
+  if args._peak:
+    print(json.dumps(measure_peak(2 if args.quick else 20)))
     return
   extra = list(args.config) + (QUICK if args.quick else [])
   calls = 2 if args.quick else args.steps
@@ -234,9 +298,23 @@ def main():
     result['machine'] = machine()
     print(json.dumps(result))
     return
+  result['peak_gflops'] = run_child(['--_peak'], 0, quick=args.quick)
+  from common import config as configlib
   for precision in (16, 32):
     out = run_child(base + size + extra + ['--precision', str(precision)], calls)
     result[f'precision{precision}'] = out
+  result.update(floors(
+      configlib.parse(base + size + extra), result['peak_gflops'],
+      {p: result[f'precision{p}']['update_s'] for p in (16, 32)}))
+  if not args.quick and args.batch != 50:
+    # The atari config's own batch 50 x 50 beside it (fewer calls: 3x the work).
+    big = base + ['--dataset.batch', '50', '--dataset.length', str(args.length)] + extra
+    batch50 = {p: run_child(big + ['--precision', str(p)], 3) for p in (16, 32)}
+    fifty = floors(configlib.parse(big), result['peak_gflops'],
+                   {p: batch50[p]['update_s'] for p in (16, 32)})
+    result['batch50'] = {
+        **{f'update{p}_s': batch50[p]['update_s'] for p in (16, 32)},
+        **{f'compile{p}_s': batch50[p]['compile_s'] for p in (16, 32)}, **fifty}
   result['env_steps_per_s'] = measure_env(200 if args.quick else 5000)
   result['replay_batches_per_s'] = measure_replay(
       int(size[1]), result['length'], 10 if args.quick else 100)

@@ -8,6 +8,12 @@ from common import choices
 from common import nets
 from common import tfutils
 
+# The policy computes in float32 whatever config.precision: one step for a few
+# envs is bound by reading the weights, and a bfloat16 cast of them per call
+# only adds to that (bench/README.md, "The policy step").
+POLICY_DTYPE = tf.float32
+
+
 class Agent(tf.Module):
 
   def __init__(self, config, obs_space, act_space, dtype=None):
@@ -39,15 +45,17 @@ class Agent(tf.Module):
                   self.tfstep, self._task_reward)
     self._obs_keys = sorted(set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
     if config.jit:
-      jit = dict(jit_compile=bool(config.xla))
+      # No autograph: the loops are over Python ranges and branches use tf.cond,
+      # so there is nothing to convert, and converting costs tracing time.
+      jit = dict(jit_compile=bool(config.xla), autograph=False)
       self._policy = tf.function(self._policy, **jit)
       self._train = tf.function(self._train, **jit)
       self._report = tf.function(self._report, **jit)
 
   def initial_state(self, batch):
-    with nets.compute_in(self.dtype):
+    with nets.compute_in(POLICY_DTYPE):
       latent = self.wm.rssm.initial(batch)
-      action = tf.zeros([batch, self.act_space.shape[0]], self.dtype)
+      action = tf.zeros([batch, self.act_space.shape[0]], POLICY_DTYPE)
     return latent, action
 
   def policy(self, obs, state=None, mode='train'):
@@ -59,14 +67,15 @@ class Agent(tf.Module):
     obs = {k: obs[k] for k in self._obs_keys + ['is_first']}
     if state is None:
       state = self.initial_state(len(obs['is_first']))
-    with nets.compute_in(self.dtype):
+    with nets.compute_in(POLICY_DTYPE):
       return self._policy(obs, state, mode)
 
   def _policy(self, obs, state, mode):
     latent, action = state
     embed = self.wm.encoder(self.wm.preprocess(obs))
     sample = (mode != 'eval') or not self.config.eval_state_mean
-    latent, _ = self.wm.rssm.obs_step(latent, action, embed, obs['is_first'], sample)
+    latent, _ = self.wm.rssm.obs_step(
+        latent, action, embed, obs['is_first'], sample, with_prior=False)
     feat = self.wm.rssm.get_feat(latent)
     if mode == 'eval':
       action = self._task_behavior.actor(feat).mode()
@@ -314,7 +323,7 @@ class ActorCritic(tf.Module):
     policy = _StackedDist(seq['policy'][:-1])                     # pi(z_0..z_{H-2})
     objective = 0.0
     if self.actor_grad in ('reinforce', 'both'):
-      baseline = self._target_critic(seq['feat'][:-2]).mode()
+      baseline = seq['value'][:-2]  # The slow critic's, from `target`.
       advantage = tf.stop_gradient(target[1:] - baseline)
       action = tf.stop_gradient(seq['action'][1:-1])
       reinforce = policy.log_prob(action) * advantage
@@ -351,6 +360,7 @@ class ActorCritic(tf.Module):
     return critic_loss, {'critic': tf.reduce_mean(dist.mode())}
 
   def target(self, seq):
+    """λ-returns from the slow critic's values, which it stores in seq['value']."""
     # States:     [z0]  [z1]  [z2]  [z3]
     # Rewards:    [r0]  [r1]  [r2]   r3
     # Values:     [v0]  [v1]  [v2]  [v3]
@@ -359,6 +369,7 @@ class ActorCritic(tf.Module):
     reward = tf.cast(seq['reward'], tf.float32)
     disc = tf.cast(seq['discount'], tf.float32)
     value = self._target_critic(seq['feat']).mode()
+    seq['value'] = value  # Also the actor's baseline.
     target = lambda_return(
         reward[:-1], value[:-1], disc[:-1], bootstrap=value[-1],
         lambda_=self.config.discount_lambda)

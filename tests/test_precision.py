@@ -98,13 +98,17 @@ def test_weights_stay_float32_under_bfloat16_and_the_agent_trains():
 def test_an_agents_precision_is_its_own_and_leaves_the_default_alone():
   obs, act = H.obs_space(vector=5), H.act_space(True, 3)
   step = {'state': np.zeros((1, 5), np.float32), 'is_first': np.ones(1, bool)}
-  # Built and called outside any precision block: bfloat16 all the same.
+  # Built and called outside any precision block: its update is bfloat16
+  # all the same (and its policy float32, by design: agent.POLICY_DTYPE).
   agent16 = agent_lib.Agent(H.tiny_config(precision=16, jit=True), obs, act)
   assert nets.compute_dtype() == tf.float32
+  data = H.batch(obs, act, 3, 6)
+  agent16.train(data)
+  graph = agent16._train.get_concrete_function(data).graph
+  matmuls = {op.get_attr('T') for op in graph.get_operations() if op.type == 'MatMul'}
+  assert agent16.dtype == tf.bfloat16 and matmuls == {tf.bfloat16}
   _, (latent, action) = agent16.policy(step)
-  assert agent16.dtype == tf.bfloat16 and action.dtype == tf.bfloat16
-  assert latent['stoch'].dtype == tf.bfloat16
-  agent16.train(H.batch(obs, act, 3, 6))
+  assert action.dtype == tf.float32 and latent['stoch'].dtype == tf.float32
   assert nets.compute_dtype() == tf.float32
   # A float32 agent under a bfloat16 default stays float32, its optimizer too.
   with H.precision(16, device='cpu'):
