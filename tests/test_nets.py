@@ -436,3 +436,20 @@ def test_encoder_conv_with_2x2_outputs_is_the_conv(bits):
   assert y.dtype == dtype and y.shape == (6, 2, 2, 384)
   for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
     assert relative_error(ours, theirs) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('bits', [32, 16])
+def test_decoder_last_layer_by_phases_is_the_transposed_conv(bits, channels):
+  # The decoder's last layer: [N, 30, 30, 48] -> [N, 64, 64, C], kernel 6,
+  # stride 2, as one stride-1 conv over the four output phases.
+  with H.precision(bits, device='cpu') as dtype:
+    tf.random.set_seed(0)
+    layer = nets.Conv(48, channels, 6, 2, transpose=True)
+    x = tf.random.normal([4, 30, 30, 48])
+    reference = lambda x, k: tf.nn.conv2d_transpose(
+        x, k, [4, 64, 64, channels], 2, 'VALID')
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+  assert y.dtype == dtype and y.shape == (4, 64, 64, channels)
+  for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
+    assert relative_error(ours, theirs) < TOLERANCE[dtype]
