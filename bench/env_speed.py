@@ -7,7 +7,8 @@
 runs the same through the Driver with a random policy (stacking, callbacks and
 episode assembly included). Frames per second = agent steps x action repeat.
 For one Atari env it also times gymnasium's AtariPreprocessing on the same
-protocol in the same run (`ours_over_gymnasium`).
+protocol in the same run (`ours_over_gymnasium`); for several envs, one env
+with the same --parallel (`speedup_over_one_env`).
 """
 
 import argparse
@@ -117,6 +118,13 @@ def main():
   for env in env_list:
     env.close()
   compare = {}
+  if args.envs > 1:
+    # The same strategy with one env, in this run: what the extra envs buy.
+    single = envs.Parallel(functools.partial(ctor, seed=0), args.parallel)
+    one = bare_loop([single], args.steps, np.random.default_rng(2))
+    single.close()
+    compare['one_env_steps_per_second'] = round(one[0] / one[1], 1)
+    compare['speedup_over_one_env'] = round(bare[0] / bare[1] / (one[0] / one[1]), 3)
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each, in this run.
     ours = bare_loop([envs.Parallel(functools.partial(ctor, seed=0), 'none')],

@@ -14,3 +14,5 @@ EXPL_BEHAVIORS = {
 ACTOR_GRADS = ('auto', 'reinforce', 'dynamics', 'both')
 # precision: 16 is bfloat16 on a CPU and float16 with loss scaling on a GPU.
 PRECISIONS = (16, 32)
+# distribute.strategy: where the update runs (common/tfutils.py, `strategy`).
+DISTRIBUTE = ('none', 'mirrored', 'multi_worker')

@@ -50,6 +50,10 @@ class UnsupportedSpace(ValueError):
   """A Gym observation or action space that the agent cannot use."""
 
 
+class EnvCrashed(RuntimeError):
+  """An env's process died (killed, or crashed in native code)."""
+
+
 # Spaces --------------------------------------------------------------------
 
 
@@ -749,10 +753,11 @@ class Parallel:
   env's traceback attached as a note.
   """
 
-  def __init__(self, ctor, strategy='process'):
+  def __init__(self, ctor, strategy='process', name='env'):
     if strategy not in PARALLEL:
       raise ValueError(
           f"Unknown parallel strategy '{strategy}': use none, thread or process.")
+    self.name = name  # In errors: e.g. 'atari_pong train env 0'.
     self._strategy = strategy
     self._env = None
     self._closed = False
@@ -824,11 +829,14 @@ class Parallel:
       status, payload = self._conn.recv()
     except (OSError, EOFError):
       self._process.join(1)
-      raise RuntimeError(
-          f'The env process died (exit code {self._process.exitcode}).')
+      code = self._process.exitcode
+      how = f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'
+      raise EnvCrashed(
+          f'the process of {self.name} (pid {self._process.pid}) died ({how})') from None
     if status == 'error':
       error, text = payload
-      error.add_note(f'Traceback in the env process:\n{text}')
+      error.add_note(f'Traceback in the env process of {self.name}:\n{text}')
+      error.env = self.name  # Marks an error of the env, not of the caller.
       raise error
     return payload
 

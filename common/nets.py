@@ -641,12 +641,25 @@ class RSSM(tf.Module):
     value = value_lhs = self.get_dist(lhs).kl(self.get_dist(sg(rhs)))
     value_rhs = self.get_dist(sg(lhs)).kl(self.get_dist(rhs))
     if free_avg:
-      loss_lhs = tf.maximum(tf.reduce_mean(value_lhs), free)
-      loss_rhs = tf.maximum(tf.reduce_mean(value_rhs), free)
+      loss_lhs = _free_nats(tf.reduce_mean(value_lhs), free)
+      loss_rhs = _free_nats(tf.reduce_mean(value_rhs), free)
     else:
       loss_lhs = tf.reduce_mean(tf.maximum(value_lhs, free))
       loss_rhs = tf.reduce_mean(tf.maximum(value_rhs, free))
     return mix * loss_lhs + (1 - mix) * loss_rhs, value
+
+
+def _free_nats(mean, free):
+  """max(mean, free) of a batch mean. Data parallel, each replica holds the
+  mean of its part of the batch: whether the whole batch's mean is above
+  `free` is decided on the mean over replicas, so that the averaged
+  gradients are the whole batch's."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return tf.maximum(mean, free)
+  whole = context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stop_gradient(mean))
+  above = tf.cast(whole > free, mean.dtype)
+  return above * mean + (1 - above) * free
 
 
 def _mask(structure, is_first):

@@ -26,13 +26,14 @@ from common import utils
 COMPRESS_LEVEL = 1
 # Stored arrays at least this large get their own memory map (see own_pages).
 PAGE_BACKED_BYTES = 1 << 16
+WATCH_EVERY = 10  # Batches between two looks for new files (Replay watch).
 
 
 class Replay:
 
   def __init__(
       self, directory, capacity=0, ongoing=False, minlen=1, maxlen=0,
-      prioritize_ends=False, seed=0):
+      prioritize_ends=False, seed=0, watch=False):
     if minlen < 1:
       raise ValueError(f'Replay minlen must be at least 1, got {minlen}.')
     if maxlen and maxlen < minlen:
@@ -64,6 +65,38 @@ class Replay:
     self._total_steps = total_steps
     self._loaded_episodes = len(self._episodes)
     self._loaded_steps = sum(eplen(x) for x in self._episodes.values())
+    # watch: another process writes the episodes (multi-worker training);
+    # the dataset loads the new files every WATCH_EVERY batches.
+    self._watch = watch
+    self._seen = {str(f) for f in self._directory.glob('*.npz')}
+
+  def refresh(self):
+    """Loads the episode files that appeared in the directory since (written
+    by another process); returns how many."""
+    new = sorted(str(f) for f in self._directory.glob('*.npz')
+                 if str(f) not in self._seen)
+    added = 0
+    for filename in new:
+      self._seen.add(filename)
+      length = _length_from_name(filename)
+      if length is None or length < self._minlen:
+        continue
+      try:
+        with np.load(filename, allow_pickle=False) as data:
+          episode = {key: own_pages(data[key]) for key in data.keys()}
+        _check_episode(episode, length)
+      except Exception as e:
+        warnings.warn(f'Skipping unreadable replay file {filename}: {e}')
+        continue
+      with self._lock:
+        self._episodes[filename] = episode
+        self._total_steps += length
+        self._loaded_steps += length
+        self._total_episodes += 1
+        self._loaded_episodes += 1
+        self._enforce_capacity()
+      added += 1
+    return added
 
   @property
   def stats(self):
@@ -157,7 +190,11 @@ class Replay:
     # may span the end of one sequence and the start of the next. `carry` is
     # the unused rest of the last sequence of the previous batch.
     carry = None
+    batches = 0
     while True:
+      if self._watch and batches % WATCH_EVERY == 0:
+        self.refresh()
+      batches += 1
       with self._lock:
         episodes = self._sampleable()
       if not episodes:

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from common import choices
 from common import nets
 from common import utils
 
@@ -60,6 +61,9 @@ class Optimizer(tf.Module):
              for g, v in zip(grads, self.params)]
     if self._scaling:
       grads = [g / self.loss_scale for g in grads]
+    # Data parallel: every replica's gradient of its part of the batch,
+    # averaged, so that each replica clips, checks and applies the same step.
+    grads = all_reduce_mean(grads)
     norm = tf.linalg.global_norm(grads)
     finite = tf.math.is_finite(norm)
     if self._clip:
@@ -80,7 +84,7 @@ class Optimizer(tf.Module):
     beta2_power = tf.pow(self._beta2, step)
     for var, decay in zip(self.params, self._decay):
       if decay:
-        var.assign(var * (1 - self._wd))
+        assign(var, var * (1 - self._wd))
     for var, m, v, grad in zip(self.params, self.m, self.v, grads):
       tf.raw_ops.ResourceApplyAdam(
           var=var.handle, m=m.handle, v=v.handle,
@@ -89,25 +93,119 @@ class Optimizer(tf.Module):
           beta1=tf.constant(self._beta1, tf.float32),
           beta2=tf.constant(self._beta2, tf.float32),
           epsilon=tf.constant(self._eps, tf.float32), grad=grad)
-    self.updates.assign_add(1)
+    assign_add(self.updates, 1)
     return tf.constant(True)
 
   def _skip(self):
-    self.skipped.assign_add(1)
+    assign_add(self.skipped, 1)
     return tf.constant(False)
 
   def _update_scale(self, finite):
     def grow():
-      self.good_steps.assign_add(1)
+      assign_add(self.good_steps, 1)
       double = self.good_steps >= 2000
-      self.loss_scale.assign(tf.where(double, self.loss_scale * 2, self.loss_scale))
-      self.good_steps.assign(tf.where(double, tf.constant(0, tf.int64), self.good_steps))
+      assign(self.loss_scale, tf.where(double, self.loss_scale * 2, self.loss_scale))
+      assign(self.good_steps, tf.where(double, tf.constant(0, tf.int64), self.good_steps))
       return tf.constant(True)
     def shrink():
-      self.loss_scale.assign(tf.maximum(self.loss_scale / 2, 1.0))
-      self.good_steps.assign(0)
+      assign(self.loss_scale, tf.maximum(self.loss_scale / 2, 1.0))
+      assign(self.good_steps, 0)
       return tf.constant(False)
     tf.cond(finite, grow, shrink)
+
+
+# Data parallelism (tf.distribute) ---------------------------------------------
+#
+# With a strategy, Agent.train runs once per replica on its part of the
+# batch, in a replica context; without one (distribute.strategy none) the
+# helpers below are the plain ops. Variables are mirrored: each replica holds
+# a copy and writes it itself (`assign`), which keeps the copies equal
+# because every value written comes from all-reduced gradients or batch
+# statistics.
+
+
+def replicas():
+  """How many replicas share the batch in the current context (1 without a
+  strategy)."""
+  context = tf.distribute.get_replica_context()
+  return context.num_replicas_in_sync if context is not None else 1
+
+
+def all_reduce_mean(values):
+  """The mean over replicas of a tensor (or a list of them) in a replica
+  context; the values themselves without distribution."""
+  if replicas() == 1:
+    return values
+  return tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.MEAN, values)
+
+
+def batch_std(x):
+  """The standard deviation over the whole batch, of every replica."""
+  if replicas() == 1:
+    return tf.math.reduce_std(x)
+  x = tf.cast(x, tf.float32)
+  mean, square = all_reduce_mean([tf.reduce_mean(x), tf.reduce_mean(tf.square(x))])
+  return tf.sqrt(tf.maximum(square - tf.square(mean), 0.0))
+
+
+def assign(var, value):
+  """var = value; in a replica context each replica writes its own copy
+  (where a MirroredVariable's assign would want a cross-replica merge)."""
+  tf.raw_ops.AssignVariableOp(resource=var.handle, value=tf.cast(value, var.dtype))
+
+
+def assign_add(var, value):
+  tf.raw_ops.AssignAddVariableOp(resource=var.handle, value=tf.cast(value, var.dtype))
+
+
+_STRATEGY = {}
+
+
+def strategy(strategy='none', cpu_devices=0):
+  """The tf.distribute strategy of `distribute.strategy` (one per process:
+  logical devices can be set up only before TensorFlow first runs), or None
+  for 'none'. mirrored: MirroredStrategy over the GPUs, or over `cpu_devices`
+  logical CPU devices when given; multi_worker: MultiWorkerMirroredStrategy
+  from the TF_CONFIG environment variable, one process per host."""
+  kind = strategy
+  if kind == 'none':
+    return None
+  if kind in _STRATEGY:
+    return _STRATEGY[kind]
+  devices = None
+  if cpu_devices:
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    try:
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+    except RuntimeError:
+      if len(tf.config.list_logical_devices('CPU')) != cpu_devices:
+        raise ValueError(
+            f'distribute.cpu_devices {cpu_devices}: TensorFlow already runs with '
+            f'{len(tf.config.list_logical_devices("CPU"))} CPU device(s); set it '
+            'up before anything else uses TensorFlow') from None
+    devices = [f'/cpu:{i}' for i in range(cpu_devices)]
+  if kind == 'mirrored':
+    result = tf.distribute.MirroredStrategy(devices)
+  elif kind == 'multi_worker':
+    result = tf.distribute.MultiWorkerMirroredStrategy()
+  else:
+    raise ValueError(f'distribute.strategy {kind!r} is not one of: '
+                     f'{", ".join(choices.DISTRIBUTE)}')
+  _STRATEGY[kind] = result
+  return result
+
+
+def is_chief(strategy):
+  """Whether this process collects experience, logs and saves: always
+  without multi-worker training, else the chief (or worker 0) of TF_CONFIG."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not resolver:
+    return True
+  kind, index = resolver.task_type, resolver.task_id
+  return kind in (None, 'chief') or (kind == 'worker' and index == 0 and not (
+      resolver.cluster_spec().as_dict().get('chief')))
 
 
 def schedule(string):
@@ -169,16 +267,17 @@ class StreamNorm(tf.Module):
     metrics = {}
     self.update(inputs)
     metrics['mean'] = tf.reduce_mean(inputs)
-    metrics['std'] = tf.math.reduce_std(inputs)
+    metrics['std'] = batch_std(inputs)
     outputs = self.transform(inputs)
     metrics['normed_mean'] = tf.reduce_mean(outputs)
-    metrics['normed_std'] = tf.math.reduce_std(outputs)
+    metrics['normed_std'] = batch_std(outputs)
     return outputs, metrics
 
   def update(self, inputs):
     batch = tf.reshape(inputs, (-1,) + self._shape)
     mag = tf.reduce_mean(tf.abs(tf.cast(batch, tf.float32)), 0)
-    self.mag.assign(self._momentum * self.mag + (1 - self._momentum) * mag)
+    mag = all_reduce_mean(mag)  # The batch of every replica.
+    assign(self.mag, self._momentum * self.mag + (1 - self._momentum) * mag)
 
   def transform(self, inputs):
     values = tf.reshape(inputs, (-1,) + self._shape)

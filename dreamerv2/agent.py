@@ -2,6 +2,8 @@
 the agent that acts with them. The agent does not know where data comes from:
 `train(data)` takes a batch of sequences, `policy(obs, state)` one step."""
 
+import contextlib
+
 import tensorflow as tf
 
 from common import choices
@@ -22,7 +24,19 @@ class Agent(tf.Module):
     # its compute dtype, whatever the process-wide default (nets.compute_in).
     # `dtype` overrides it (tests: float16 as on a GPU).
     self.dtype = dtype or nets.dtype_for(config.precision)
-    with nets.compute_in(self.dtype):
+    # Data parallel with config.distribute: the variables are mirrored over
+    # the strategy's replicas, and `train` runs on each replica's part of
+    # the batch (see tfutils, "Data parallelism").
+    self.strategy = tfutils.strategy(**config.distribute)
+    self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
+    if config.dataset.batch % self.replicas:
+      raise ValueError(
+          f'dataset.batch {config.dataset.batch} does not divide among the '
+          f'{self.replicas} replicas of distribute.strategy '
+          f'{config.distribute.strategy}: use a multiple of {self.replicas}')
+    self.stopped = False  # Multi-worker: the chief's last update was seen.
+    scope = self.strategy.scope() if self.strategy else contextlib.nullcontext()
+    with nets.compute_in(self.dtype), scope:
       self._build(config, obs_space, act_space)
 
   def _build(self, config, obs_space, act_space):
@@ -44,6 +58,7 @@ class Agent(tf.Module):
       }[behavior](config, self.act_space.shape[0], self.discrete, self.wm,
                   self.tfstep, self._task_reward)
     self._obs_keys = sorted(set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
+    self._update = self._train  # Unwrapped: strategy.run traces it itself.
     if config.jit:
       # No autograph: the loops are over Python ranges and branches use tf.cond,
       # so there is nothing to convert, and converting costs tracing time.
@@ -51,6 +66,8 @@ class Agent(tf.Module):
       self._policy = tf.function(self._policy, **jit)
       self._train = tf.function(self._train, **jit)
       self._report = tf.function(self._report, **jit)
+    if self.strategy:
+      self._train_replicas = tf.function(self._train_replicas, autograph=False)
 
   def initial_state(self, batch):
     with nets.compute_in(POLICY_DTYPE):
@@ -90,11 +107,67 @@ class Agent(tf.Module):
     action = tf.cast(action, nets.compute_dtype())
     return {'action': tf.cast(action, tf.float32)}, (latent, action)
 
-  def train(self, data):
+  def train(self, data, step=None, stop=False):
     """One update of the world model, the actor-critic and (if set) the
-    exploration behaviour on a batch of sequences [B, T, ...]."""
+    exploration behaviour on a batch of sequences [B, T, ...] (distributed:
+    what `dataset` yields). step: the agent step the schedules read. stop:
+    multi-worker, the chief's last update, after which `stopped` turns True
+    on every worker."""
     with nets.compute_in(self.dtype):
-      return self._train(data)
+      if not self.strategy:
+        if step is not None:
+          self.tfstep.assign(step)
+        return self._train(data)
+      step = int(self.tfstep.numpy()) if step is None else step
+      metrics, stopped = self._train_replicas(
+          data, tf.constant(step, tf.int64), tf.constant(int(stop), tf.int64))
+      self.stopped = bool(stopped)
+      return metrics
+
+  def _train_replicas(self, data, step, stop):
+    """The update on every replica; the step and stop flag are the first
+    replica's (the chief's), and the metrics the mean over replicas."""
+    def replica(data, step, stop):
+      context = tf.distribute.get_replica_context()
+      first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.int64)
+      shared = context.all_reduce(
+          tf.distribute.ReduceOp.SUM, tf.stack([step, stop]) * first)
+      tfutils.assign(self.tfstep, shared[0])
+      # Replicas may run in threads of their own: the dtype is per thread.
+      with nets.compute_in(self.dtype):
+        return self._update(data), shared[1]
+    metrics, stopped = self.strategy.run(replica, args=(data, step, stop))
+    mean = tf.distribute.ReduceOp.MEAN
+    metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
+    return metrics, self.strategy.experimental_local_results(stopped)[0]
+
+  def dataset(self, make):
+    """An iterator of batches for `train`. make(batch) -> a tf.data.Dataset of
+    batches [batch, T, ...]; distributed, each replica draws dataset.batch /
+    replicas sequences from its own pipeline."""
+    batch = self.config.dataset.batch
+    if not self.strategy:
+      return iter(make(batch))
+    return iter(self.strategy.distribute_datasets_from_function(
+        lambda context: make(context.get_per_replica_batch_size(batch))))
+
+  def sync(self):
+    """Multi-worker: every worker takes the chief's variables (after the
+    chief restored a checkpoint); nothing otherwise. Every worker calls it."""
+    if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return
+    variables = list(tfutils.named_variables(self).values())
+
+    @tf.function(autograph=False)
+    def broadcast():
+      def replica():
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        for var in variables:
+          mine = tf.where(first, var.read_value(), tf.zeros_like(var))
+          tfutils.assign(var, context.all_reduce(tf.distribute.ReduceOp.SUM, mine))
+      self.strategy.run(replica)
+    broadcast()
 
   def _train(self, data):
     metrics = {}
@@ -115,6 +188,10 @@ class Agent(tf.Module):
   def report(self, data):
     """Open-loop video: 5 context frames, then the model imagines the rest
     from the actions alone. Rows: truth / model / error. uint8 [T, H, W, C]."""
+    if self.strategy and not isinstance(data, dict):
+      data = self.strategy.experimental_local_results(data)[0]
+    elif self.strategy:  # A distributed batch: this host's first replica's part.
+      data = {k: self.strategy.experimental_local_results(v)[0] for k, v in data.items()}
     with nets.compute_in(self.dtype):
       return self._report(data)
 
@@ -328,7 +405,7 @@ class ActorCritic(tf.Module):
       action = tf.stop_gradient(seq['action'][1:-1])
       reinforce = policy.log_prob(action) * advantage
       metrics['actor_advantage_mean'] = tf.reduce_mean(advantage)
-      metrics['actor_advantage_std'] = tf.math.reduce_std(advantage)
+      metrics['actor_advantage_std'] = tfutils.batch_std(advantage)
     if self.actor_grad == 'dynamics':
       objective = target[1:]
     elif self.actor_grad == 'reinforce':
@@ -383,11 +460,11 @@ class ActorCritic(tf.Module):
     def update():
       mix = tf.where(self._updates == 0, 1.0, float(self.config.slow_target_fraction))
       for s, d in zip(self.critic.variables, self._target_critic.variables):
-        d.assign(mix * s + (1 - mix) * d)
+        tfutils.assign(d, mix * s + (1 - mix) * d)
       return tf.constant(True)
     tf.cond(self._updates % self.config.slow_target_update == 0,
             update, lambda: tf.constant(False))
-    self._updates.assign_add(1)
+    tfutils.assign_add(self._updates, 1)
 
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_):

@@ -16,6 +16,7 @@ current step, saves the checkpoint and exits 0.
 import collections
 import contextlib
 import functools
+import json
 import os
 import pathlib
 import pickle
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 # Before TensorFlow loads: hide its C++ info lines and the CUDA probe error.
@@ -47,6 +49,7 @@ CHOICES = {
     'expl_behavior': tuple(choices.EXPL_BEHAVIORS),
     'actor_grad': choices.ACTOR_GRADS,
     'precision': choices.PRECISIONS,
+    'distribute.strategy': choices.DISTRIBUTE,
 }
 CHECKPOINT = 'variables.pkl'
 SNAPSHOTS = 'checkpoints'  # The kept checkpoints: checkpoints/variables-<frames>.pkl.
@@ -81,6 +84,12 @@ def main(argv=None):
     run(config, functools.partial(make_task_envs, config))
   except ConfigError as e:
     exit_with_error(e)
+  except EnvFailed as e:
+    if e.traceback:
+      print(e.traceback, file=sys.stderr)
+    print(f'error: {e}. The run is saved; run the same command to resume.',
+          file=sys.stderr)
+    sys.exit(1)
   except utils.DiskFull as e:
     print(f'error: {e}. The checkpoint and the episodes written before are '
           f'kept; free some space and run the same command to resume.',
@@ -98,10 +107,12 @@ def exit_with_error(error):
 
 def check_config(config):
   """Raises ConfigError for a value that would only fail later (no TF here)."""
+  flat = config.flat
   for key, accepted in CHOICES.items():
-    if config[key] not in accepted:
+    if flat[key] not in accepted:
       names = ', '.join(str(choice) for choice in accepted)
-      raise ConfigError(f'{key} {config[key]!r} is not one of: {names}')
+      raise ConfigError(f'{key} {flat[key]!r} is not one of: {names}')
+  check_distribute(config)
   if config.warm_start.only not in WARM_START:
     raise ConfigError(
         f'warm_start.only {config.warm_start.only!r} is not one of: '
@@ -117,6 +128,33 @@ def check_config(config):
   for key in ('envs', 'eval_every', 'steps'):
     if config[key] < 1:
       raise ConfigError(f'{key} must be at least 1, got {config[key]}')
+
+
+def check_distribute(config):
+  """ConfigError for a distribute setting that cannot work, where that is
+  known without TensorFlow (with GPUs, Agent checks the batch)."""
+  kind, devices = config.distribute.strategy, config.distribute.cpu_devices
+  if devices < 0 or (devices and kind == 'none'):
+    raise ConfigError(
+        f'distribute.cpu_devices {devices}: use it with distribute.strategy '
+        f'mirrored (0 = the GPUs)')
+  replicas = devices if kind == 'mirrored' and devices else None
+  if kind == 'multi_worker':
+    try:
+      cluster = json.loads(os.environ['TF_CONFIG'])['cluster']
+    except (KeyError, ValueError, TypeError):
+      raise ConfigError(
+          'distribute.strategy multi_worker needs the TF_CONFIG environment '
+          'variable ({"cluster": {"worker": [...]}, "task": {...}}): see '
+          'docs/scaling.md') from None
+    replicas = sum(len(cluster.get(kind, [])) for kind in ('chief', 'worker'))
+    if not config.task or not config.logdir:
+      raise ConfigError('distribute.strategy multi_worker needs a task and a logdir')
+  if replicas and config.dataset.batch % replicas:
+    raise ConfigError(
+        f'dataset.batch {config.dataset.batch} does not divide among the '
+        f'{replicas} replicas of distribute.strategy {kind}: use a multiple '
+        f'of {replicas}')
 
 
 def prepare_logdir(path):
@@ -146,7 +184,7 @@ def make_task_envs(config, modes=('train', 'eval'), seed=None):
     for index in range(counts[mode]):
       built[mode].append(envs_lib.Parallel(functools.partial(
           make_env, config, mode, seed + index + (1000 if mode == 'eval' else 0)),
-          config.envs_parallel))
+          config.envs_parallel, name=f'{config.task} {mode} env {index}'))
   return built['train'], built['eval']
 
 
@@ -185,6 +223,7 @@ def run(config, make_envs, outputs=None, task=True):
   tf.random.set_seed(config.seed)
   for gpu in tf.config.list_physical_devices('GPU'):
     tf.config.experimental.set_memory_growth(gpu, True)
+  strategy = make_strategy(config)  # Before anything else runs in TensorFlow.
   dtype = nets.dtype_for(config.precision)  # The agent's own; nothing global.
   device = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
   scaling = ' with loss scaling' if dtype == tf.float16 else ''
@@ -195,6 +234,12 @@ def run(config, make_envs, outputs=None, task=True):
   warning = gpu_warning(device)
   if warning:
     print(warning, file=sys.stderr)
+  from common import tfutils
+  if not tfutils.is_chief(strategy):
+    if not task:
+      raise ConfigError('multi_worker training needs a task (train.py), not api.train')
+    worker_loop(config, logdir)
+    return
 
   with ignore_sigint():  # Env processes inherit it: Ctrl-C is ours to handle.
     train_envs, eval_envs = make_envs()
@@ -209,6 +254,53 @@ def run(config, make_envs, outputs=None, task=True):
       except Exception as e:
         print(f'Closing an env failed: {e}', file=sys.stderr)
     restore_handlers(handlers)
+
+
+def make_strategy(config):
+  """config.distribute's strategy (None for none), with the batch checked
+  against its replicas; ConfigError naming the problem."""
+  from common import tfutils
+  try:
+    strategy = tfutils.strategy(**config.distribute)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if strategy is None:
+    return None
+  replicas, batch = strategy.num_replicas_in_sync, config.dataset.batch
+  if batch % replicas:
+    raise ConfigError(
+        f'dataset.batch {batch} does not divide among the {replicas} replicas '
+        f'of distribute.strategy {config.distribute.strategy}: use a multiple '
+        f'of {replicas}')
+  devices = ', '.join(strategy.extended.worker_devices)
+  print(f'Distribute {config.distribute.strategy}: {replicas} replicas '
+        f'(this process: {devices}), batch {batch} = {batch // replicas} per replica')
+  return strategy
+
+
+def worker_loop(config, logdir):
+  """A multi-worker process that is not the chief: it only trains, on
+  batches from the chief's train_episodes (a filesystem both see), in step
+  with the chief's updates, until the chief's last one."""
+  env = make_env(config, 'train', config.seed)
+  obs_space, act_space = env.obs_space, env.act_space
+  env.close()
+  agent = build_agent(config, obs_space, act_space)
+  agent.sync()  # The chief's weights, as it restored them.
+  directory = logdir / 'train_episodes'
+  print(f'Worker: waiting for episodes in {directory}.', flush=True)
+  while not any(directory.glob('*.npz')):
+    time.sleep(1)
+  replay = replay_lib.Replay(directory, seed=config.seed + 1, watch=True, **config.replay)
+  while not replay.stats['loaded_episodes']:
+    time.sleep(1)
+    replay.refresh()
+  dataset = agent.dataset(lambda batch: replay.dataset(batch, config.dataset.length))
+  updates = 0
+  while not agent.stopped:
+    agent.train(next(dataset))
+    updates += 1
+  print(f'Worker: the chief made its last update; {updates} updates here.')
 
 
 def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
@@ -226,10 +318,29 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
       training.save(snapshot=True)
       if int(training.step) >= config.steps:
         training.evaluate()  # The curve ends with the final policy's score.
+    training.release_workers()
     training.logger.write()
     print(f'Finished {int(training.step)} steps; checkpoint {training.checkpoint}.')
   except Stopped:
     training.shutdown()
+  except Exception as error:
+    if not (isinstance(error, envs_lib.EnvCrashed) or getattr(error, 'env', None)):
+      raise
+    # An env failed: end cleanly, with the episodes and the checkpoint kept.
+    training.shutdown()
+    raise EnvFailed(error) from error
+
+
+class EnvFailed(Exception):
+  """An env's error or death, after the run was saved: one line for users."""
+
+  def __init__(self, error):
+    self.error = error
+    notes = ''.join(getattr(error, '__notes__', []))
+    self.traceback = notes
+    name = getattr(error, 'env', None)
+    text = str(error) if name is None else f'{name} failed: {type(error).__name__}: {error}'
+    super().__init__(text)
 
 
 class Training:
@@ -247,6 +358,7 @@ class Training:
     self.act_space = train_envs[0].act_space
     self.agent = build_agent(config, train_envs[0].obs_space, self.act_space)
     self.trained = restore(self.agent, logdir, config)  # Anything to save on exit.
+    self.agent.sync()  # Multi-worker: the workers take these weights.
     config.save(logdir / 'config.yaml')
     save_spaces(logdir, train_envs[0].obs_space, self.act_space, task)
     count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
@@ -278,7 +390,7 @@ class Training:
     self.should_explore = utils.Until(config.expl_until // config.action_repeat)
     self.can_report = config.dataset.length > 5  # Open-loop videos have 5 context steps.
     self.metrics = collections.defaultdict(list)
-    self.train_dataset = self.eval_dataset = None
+    self.train_dataset = self.eval_dataset = self.report_dataset = None
     self.prefilling = False  # Random actions: no updates, no logs.
 
     self.train_driver = driver_lib.Driver(train_envs)
@@ -329,9 +441,8 @@ class Training:
     if self.trained:
       return
     print(f'Pretrain the agent ({self.config.pretrain} updates).')
-    self.agent.tfstep.assign(int(self.step))
     for _ in range(self.config.pretrain):
-      self.agent.train(next(self.dataset()))
+      self.agent.train(next(self.dataset()), step=int(self.step))
     self.trained = True
 
   def evaluate(self):
@@ -361,6 +472,14 @@ class Training:
     save(self.agent, self.logdir, int(self.step) * self.config.action_repeat,
          self.config.checkpoints.keep if snapshot else 0)
 
+  def release_workers(self):
+    """Multi-worker: one last update that tells the workers to stop (they
+    wait for the chief's updates otherwise); then the checkpoint."""
+    if not self.trained or self.config.distribute.strategy != 'multi_worker':
+      return
+    self.agent.train(next(self.dataset()), step=int(self.step), stop=True)
+    self.save()
+
   def shutdown(self):
     """After a stop: keep the steps of the episodes in progress (as episodes
     without is_last) and save the checkpoint."""
@@ -369,6 +488,7 @@ class Training:
     if kept:
       print(f'Kept {kept} steps of the episodes in progress.')
     if self.trained:
+      self.release_workers()
       self.save()
       print(f'Stopped at step {int(self.step)}: saved checkpoint '
             f'{self.checkpoint}. Run the same command to resume.')
@@ -380,8 +500,20 @@ class Training:
 
   def dataset(self):
     if self.train_dataset is None:
-      self.train_dataset = iter(self.train_replay.dataset(**self.config.dataset))
+      length = self.config.dataset.length
+      self.train_dataset = self.agent.dataset(
+          lambda batch: self.train_replay.dataset(batch, length))
     return self.train_dataset
+
+  def report_batch(self):
+    """A batch for the open-loop video: the training stream's next, or,
+    distributed, one of its own (a distributed iterator's next is a
+    collective step that every worker must take)."""
+    if not self.agent.strategy:
+      return next(self.dataset())
+    if self.report_dataset is None:
+      self.report_dataset = iter(self.train_replay.dataset(**self.config.dataset))
+    return next(self.report_dataset)
 
   def train_policy(self, obs, state):
     mode = 'explore' if self.should_explore(self.step) else 'train'
@@ -395,15 +527,16 @@ class Training:
       return
     step = self.step
     if self.should_train(step):
-      self.agent.tfstep.assign(int(step))  # Schedules read the agent step.
       for _ in range(self.config.train_steps):
-        for name, value in self.agent.train(next(self.dataset())).items():
+        # Schedules read the agent step.
+        batch = next(self.dataset())
+        for name, value in self.agent.train(batch, step=int(step)).items():
           self.metrics[name].append(float(value))
     if self.should_log(step):
       self.logger.add({name: np.mean(values) for name, values in self.metrics.items()})
       self.metrics.clear()
       if self.can_report:
-        self.logger.add(self.agent.report(next(self.dataset())), prefix='train')
+        self.logger.add(self.agent.report(self.report_batch()), prefix='train')
       self.logger.add(self.train_replay.stats, prefix='train')
       self.logger.write(fps=True)
 

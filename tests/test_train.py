@@ -449,3 +449,33 @@ def test_a_gpu_that_tensorflow_cannot_see_is_warned_about_once(tmp_path):
   assert len(warnings) == 1
   assert 'NVIDIA A100' in warnings[0] and 'tensorflow[and-cuda]==2.21' in warnings[0]
   assert 'Precision 32: float32 on CPU' in result.stdout
+
+
+def test_a_killed_env_process_ends_the_run_saved_with_its_name(tmp_path):
+  logdir = tmp_path / 'pong'
+  process = start(logdir, {'steps': 1e5, 'eval_every': 1e4, 'envs_parallel': 'process'})
+  try:
+    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)), process)
+    children = sorted(
+        int(pid) for pid in (pathlib.Path('/proc') / str(process.pid) / 'task' /
+                             str(process.pid) / 'children').read_text().split()
+        if 'spawn_main' in (pathlib.Path('/proc') / pid / 'cmdline').read_bytes().decode())
+    os.kill(children[0], signal.SIGKILL)  # The first built: the train env.
+    process.wait(timeout=120)  # Not a hang.
+  finally:
+    if process.poll() is None:
+      process.kill()
+  out = (tmp_path / 'out.txt').read_text()
+  assert process.returncode == 1, out
+  assert 'Traceback' not in out
+  (error,) = [line for line in out.splitlines() if line.startswith('error: ')]
+  assert error.startswith(
+      f'error: the process of atari_pong train env 0 (pid {children[0]}) died '
+      f'(signal 9). The run is saved')
+  assert 'saved checkpoint' in out
+  assert utils_read(logdir / 'variables.pkl')
+
+
+def utils_read(path):
+  from common import utils
+  return utils.read_checkpoint(path)

@@ -1,0 +1,198 @@
+"""Data-parallel updates on tf.distribute: a distributed update is the same
+update. Every run is a fresh process (tests/distributed_run.py, train.py):
+logical CPU devices and TF_CONFIG must be set before TensorFlow runs.
+
+The runs replace latent and action samples by their modes (distributed_run)
+so that one and two devices compute the same function; their random draws
+would differ as two seeds' do. Tolerances: the two compute every sum of the
+batch in another order (two halves, then their mean), so float32 results
+agree to rounding: measured 1e-5 of a weight's scale after 3 updates, 1e-4
+for Adam's moments (sums of gradients that nearly cancel) and metrics.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import test_train as T
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WEIGHTS_RTOL, SLOTS_RTOL, METRICS_RTOL = 5e-5, 5e-4, 1e-4
+
+
+def run(tmp_path, name, strategy, devices, updates, *extra, env=None, wait=True):
+  out = tmp_path / f'{name}.npz'
+  command = [sys.executable, 'tests/distributed_run.py', str(out), strategy,
+             str(devices), str(updates), *extra]
+  process = subprocess.Popen(
+      command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, **(env or {})})
+  if not wait:
+    return process, out
+  _, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err[-3000:]
+  return load(out)
+
+
+def load(path):
+  data = np.load(path)
+  variables = {k[4:]: data[k] for k in data.files if k.startswith('var:')}
+  return variables, json.loads(str(data['metrics'])), int(data['replicas'])
+
+
+def assert_same_update(one, many):
+  (single, single_metrics, _), (multi, multi_metrics, replicas) = one, many
+  assert replicas == 2 and single.keys() == multi.keys()
+  for name, value in single.items():
+    copies = multi[name]
+    assert len(copies) in (1, 2)
+    for copy in copies[1:]:  # The replicas of one process hold equal copies.
+      np.testing.assert_array_equal(copy, copies[0], err_msg=name)
+    rtol = SLOTS_RTOL if '_opt/' in name else WEIGHTS_RTOL
+    scale = np.abs(value[0]).max() if value.dtype.kind == 'f' else 0
+    np.testing.assert_allclose(copies[0], value[0], rtol=0, atol=rtol * scale + 1e-9,
+                               err_msg=name)
+  for ours, theirs in zip(single_metrics, multi_metrics):
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+      assert theirs[key] == pytest.approx(value, rel=METRICS_RTOL, abs=1e-7), key
+
+
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory):
+  # 3 updates with the slow critic copied every 2 (after the first and third).
+  return run(tmp_path_factory.mktemp('one'), 'none', 'none', 0, 3)
+
+
+def test_mirrored_over_two_devices_is_the_one_device_update(one_device, tmp_path):
+  mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
+  assert_same_update(one_device, mirrored)
+  variables, metrics, _ = mirrored
+  assert metrics[-1]['model_skipped_steps'] == 0
+  # The slow critic was copied at updates 1 and 3 on both replicas.
+  assert variables['_task_behavior/_updates'].tolist() == [3, 3]
+  for replica in (0, 1):
+    np.testing.assert_array_equal(
+        variables['_task_behavior/_target_critic/head/out/kernel'][replica],
+        variables['_task_behavior/critic/head/out/kernel'][replica])
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_all(tmp_path):
+  # float16 with loss scaling (as on a GPU): the second half of the batch
+  # overflows, which only replica 1 sees; the clean batch does not overflow.
+  for case, skipped, scale in (('float16', 1, 2.0 ** 14), ('float16clean', 0, 2.0 ** 15)):
+    variables, metrics, _ = run(tmp_path, case, 'mirrored', 2, 1, case)
+    for opt in ('wm/model_opt',):
+      assert variables[f'{opt}/skipped'].tolist() == [skipped] * 2, case
+      assert variables[f'{opt}/updates'].tolist() == [1 - skipped] * 2, case
+      assert variables[f'{opt}/loss_scale'].tolist() == [scale] * 2, case
+    assert metrics[0]['model_skipped_steps'] == skipped
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def tf_config(cluster, index):
+  return {'TF_CONFIG': json.dumps(
+      {'cluster': cluster, 'task': {'type': 'worker', 'index': index}})}
+
+
+def test_two_workers_equal_each_other_and_the_mirrored_run(one_device, tmp_path):
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
+  started = [run(tmp_path, f'worker{i}', 'multi_worker', 0, 3,
+                 env=tf_config(cluster, i), wait=False) for i in range(2)]
+  deadline = time.time() + 300
+  try:
+    for process, _ in started:
+      _, err = process.communicate(timeout=max(1, deadline - time.time()))
+      assert process.returncode == 0, err[-3000:]
+  finally:
+    for process, _ in started:
+      if process.poll() is None:
+        process.kill()
+  workers = [load(out) for _, out in started]
+  for name, value in workers[0][0].items():
+    np.testing.assert_array_equal(value, workers[1][0][name], err_msg=name)
+  mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
+  assert_same_update(one_device, workers[0])
+  for name, value in mirrored[0].items():
+    np.testing.assert_allclose(workers[0][0][name][0], value[0], rtol=1e-6, atol=1e-9,
+                               err_msg=name)
+
+
+def test_train_py_mirrored_then_resumed_on_one_device(tmp_path):
+  logdir = tmp_path / 'pong'
+  result = T.train(logdir, {'steps': 300, 'eval_every': 100,
+                            'distribute.strategy': 'mirrored', 'distribute.cpu_devices': 2})
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'Distribute mirrored: 2 replicas' in result.stdout
+  assert 'batch 4 = 2 per replica' in result.stdout
+  metrics = T.read_metrics(logdir)
+  assert any('model_loss' in line for line in metrics)
+  assert max(line['step'] for line in metrics) == 1200
+  result = T.train(logdir, {'steps': 400, 'eval_every': 100})
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'distribute.strategy: mirrored -> none' in result.stdout
+  assert 'Pretrain' not in result.stdout and 'Finished 400 steps' in result.stdout
+
+
+def test_train_py_with_a_chief_and_a_worker(tmp_path):
+  logdir = tmp_path / 'pong'
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
+  flags = {'steps': 300, 'eval_every': 100, 'distribute.strategy': 'multi_worker'}
+  processes = [subprocess.Popen(
+      T.command(logdir, flags), cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env={**os.environ, **tf_config(cluster, i)})
+      for i in range(2)]
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=400)[0])
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  chief, worker = outputs
+  assert [p.returncode for p in processes] == [0, 0], chief[-2000:] + worker[-2000:]
+  assert 'Finished 300 steps' in chief
+  updates = int(worker.split('the chief made its last update; ')[1].split()[0])
+  # Each of the chief's updates was one of the worker's: pretrain, one per 16
+  # steps after the prefill, and the last one that released the worker.
+  from common import utils
+  saved = utils.read_checkpoint(logdir / 'variables.pkl')
+  assert updates == int(saved['wm/model_opt/updates']) == 15
+  assert 'Prefill' not in worker and 'Finished' not in worker
+
+
+@pytest.mark.parametrize('flags, message', [
+    ({'distribute.strategy': 'mirrored', 'distribute.cpu_devices': 3},
+     'dataset.batch 4 does not divide among the 3 replicas of distribute.strategy '
+     'mirrored'),
+    ({'distribute.strategy': 'multi_worker'}, 'needs the TF_CONFIG environment variable'),
+    ({'distribute.strategy': 'ring'}, 'none, mirrored, multi_worker'),
+])
+def test_a_distribute_setting_that_cannot_work_exits_2_before_tensorflow(
+    tmp_path, flags, message):
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
+  argv = T.command(tmp_path / 'run', flags)
+  result = subprocess.run(
+      [sys.executable, '-c', T.TRACKED] + argv[2:], cwd=ROOT, capture_output=True,
+      text=True, timeout=60, env=env)
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == 'TF_LOADED=False' and len(lines) == 2, result.stderr
+  assert message in lines[0]
