@@ -39,6 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import plot as plot_lib  # noqa: E402 (no TensorFlow)
+from common import utils  # noqa: E402
 
 METHOD = 'dreamerv2_tf2'
 PUBLISHED = ROOT / 'scores' / 'dmc-vision-dreamerv2.json'
@@ -193,7 +194,8 @@ def run_seeds(args, seeds, steps):
                   'end_step': stored_steps(logdir),
                   'end_updates': updates_made(logdir), 'exit': process.returncode}
         lines[-1] = json.dumps(record)
-        (logdir / 'sittings.jsonl').write_text('\n'.join(lines) + '\n')
+        text = '\n'.join(lines) + '\n'
+        utils.atomic_write(logdir / 'sittings.jsonl', lambda f: f.write(text), mode='w')
         if process.returncode != 0 and not stopping:
           tail = (logdir / 'train.log').read_text()[-2000:]
           raise SystemExit(
@@ -229,7 +231,7 @@ def random_floor(args):
   result = {'episodes': args.floor_episodes, 'mean': float(np.mean(returns)),
             'std': float(np.std(returns)), 'returns': [round(r, 2) for r in returns]}
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result))
+  utils.atomic_write(path, lambda f: json.dump(result, f), mode='w')
   return result
 
 
@@ -287,7 +289,7 @@ def report(args, steps, floor):
   plot_error = None
   if scores:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(scores))
+    utils.atomic_write(out, lambda f: json.dump(scores, f), mode='w')
     command = [
         sys.executable, str(ROOT / 'common' / 'plot.py'), '--baselines',
         str(out), str(PUBLISHED), '--tasks', args.task, '--outdir',

@@ -161,7 +161,8 @@ def main():
              'xs': [float(x) for x in r['xs']], 'ys': r['ys']} for r in runs]
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(scores))
+  from common import utils
+  utils.atomic_write(out, lambda f: json.dump(scores, f), mode='w')
   png = None
   plot = subprocess.run(
       [sys.executable, str(ROOT / 'common' / 'plot.py'), '--baselines', str(out),

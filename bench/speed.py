@@ -74,6 +74,10 @@ def measure_agent(argv, calls):
   import numpy as np
   agent, data = build_agent(argv)
   from common import nets
+  if agent.strategy:  # Each replica gets its part of the same global batch.
+    import tensorflow as tf
+    data = next(agent.dataset(lambda batch: tf.data.Dataset.from_tensors(
+        {k: v[:batch] for k, v in data.items()}).repeat()))
   start = time.time()
   sync(agent.train(data))
   compile_s = time.time() - start
@@ -264,6 +268,8 @@ def main():
   parser.add_argument('--loop_steps', type=int, default=320)
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--sweep', action='store_true')
+  parser.add_argument('--distribute', action='store_true',
+                      help='update_s on one device and on 2 logical CPU devices')
   parser.add_argument('--_child', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--_peak', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
@@ -282,6 +288,20 @@ def main():
     size += ['--dataset.length', str(args.length)]
   result = {'config': ' '.join(base + size + extra), 'batch': int(size[1]),
             'length': 10 if args.quick else args.length}
+  if args.distribute:
+    # The cost of distribution here: one device against 2 logical CPU devices
+    # that share the same cores, at the same global batch, precision 16.
+    flags = base + size + extra + ['--precision', '16']
+    one = run_child(flags, calls)
+    two = run_child(flags + ['--distribute.strategy', 'mirrored',
+                             '--distribute.cpu_devices', '2'], calls)
+    result['distribute'] = {
+        'none_update_s': one['update_s'], 'mirrored2_update_s': two['update_s'],
+        'none_compile_s': one['compile_s'], 'mirrored2_compile_s': two['compile_s'],
+        'mirrored2_over_none': round(two['update_s'] / one['update_s'], 3)}
+    result['machine'] = machine()
+    print(json.dumps(result))
+    return
   if args.sweep:
     sweep = {}
     # One factor at a time around batch 16, length 50, deter 600.

@@ -821,24 +821,30 @@ class Parallel:
       return lambda: result
     if self._strategy == 'thread':
       return self._pool.submit(_run, self._env, name, args).result
-    self._conn.send((name, args))
+    try:
+      self._conn.send((name, args))
+    except OSError:  # A broken pipe: the process is gone.
+      raise self._crashed() from None
     return self._receive
 
   def _receive(self):
     try:
       status, payload = self._conn.recv()
     except (OSError, EOFError):
-      self._process.join(1)
-      code = self._process.exitcode
-      how = f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'
-      raise EnvCrashed(
-          f'the process of {self.name} (pid {self._process.pid}) died ({how})') from None
+      raise self._crashed() from None
     if status == 'error':
       error, text = payload
       error.add_note(f'Traceback in the env process of {self.name}:\n{text}')
       error.env = self.name  # Marks an error of the env, not of the caller.
       raise error
     return payload
+
+
+  def _crashed(self):
+    self._process.join(1)
+    code = self._process.exitcode
+    how = f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'
+    return EnvCrashed(f'the process of {self.name} (pid {self._process.pid}) died ({how})')
 
 
 def _run(env, name, args):

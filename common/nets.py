@@ -588,10 +588,15 @@ class RSSM(tf.Module):
     action = cast(action) * cast(keep)[..., None]
     stoch_in = cast(self.img_in.kernel[:self.stoch_size])
     deter_out = cast(self.obs_out.kernel[:self._deter])
-    act_in = tf.matmul(action, cast(self.img_in.kernel[self.stoch_size:]))
-    act_in = act_in + cast(self.img_in.bias)                         # [B, T, H]
-    embed_out = tf.matmul(cast(embed), cast(self.obs_out.kernel[self._deter:]))
-    embed_out = embed_out + cast(self.obs_out.bias)                  # [B, T, H]
+    # As [B * T, ...] matmuls: on [B, T, ...] TF takes the kernel's gradient
+    # with a batched matmul per sequence and a sum, several times slower.
+    over_steps = lambda x, kernel, bias: tf.reshape(
+        tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), cast(kernel)) + cast(bias),
+        [batch, length, kernel.shape[-1]])
+    act_in = over_steps(action, self.img_in.kernel[self.stoch_size:],
+                        self.img_in.bias)                            # [B, T, H]
+    embed_out = over_steps(cast(embed), self.obs_out.kernel[self._deter:],
+                           self.obs_out.bias)                        # [B, T, H]
     stoch, deter = cast(self._flat(state['stoch'])), state['deter']
     posts, deters = [], []
     # Unstacking once keeps the backward pass to one op (slicing per step

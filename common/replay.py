@@ -81,12 +81,8 @@ class Replay:
       length = _length_from_name(filename)
       if length is None or length < self._minlen:
         continue
-      try:
-        with np.load(filename, allow_pickle=False) as data:
-          episode = {key: own_pages(data[key]) for key in data.keys()}
-        _check_episode(episode, length)
-      except Exception as e:
-        warnings.warn(f'Skipping unreadable replay file {filename}: {e}')
+      episode = _read_episode(filename, length)
+      if episode is None:
         continue
       with self._lock:
         self._episodes[filename] = episode
@@ -320,16 +316,24 @@ def load_episodes(directory, capacity=None, minlen=1):
   for filename, length in reversed(filenames):
     if capacity and episodes and steps + length > capacity:
       break
-    try:
-      with np.load(filename, allow_pickle=False) as data:
-        episode = {key: own_pages(data[key]) for key in data.keys()}
-      _check_episode(episode, length)
-    except Exception as e:
-      warnings.warn(f'Skipping unreadable replay file {filename}: {e}')
+    episode = _read_episode(filename, length)
+    if episode is None:
       continue
     episodes.append((str(filename), episode))
     steps += length
   return dict(reversed(episodes))
+
+
+def _read_episode(filename, length):
+  """The episode in a file, or None (with a warning naming it) if unreadable."""
+  try:
+    with np.load(filename, allow_pickle=False) as data:
+      episode = {key: own_pages(data[key]) for key in data.keys()}
+    _check_episode(episode, length)
+  except Exception as e:
+    warnings.warn(f'Skipping unreadable replay file {filename}: {e}')
+    return None
+  return episode
 
 
 def convert(value):

@@ -89,7 +89,7 @@ def test_dmc_is_the_same_block_as_dmc_vision():
 def test_nested_update_only_touches_given_subkeys():
   config = parse(['--configs', 'atari'])
   assert dict(config.rssm) == {
-      'hidden': 600, 'deter': 600, 'stoch': 32, 'discrete': 32, 'act': 'elu',
+      'ensemble': 1, 'hidden': 600, 'deter': 600, 'stoch': 32, 'discrete': 32, 'act': 'elu',
       'norm': 'none', 'std_act': 'sigmoid2', 'min_std': 0.1}
   assert config.encoder.cnn_depth == 48
   assert config.encoder.cnn_kernels == (4, 4, 4, 4)

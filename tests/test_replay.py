@@ -222,3 +222,20 @@ def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, monkeypatch)
   monkeypatch.setattr(np.lib.format, 'write_array', write_array)
   replay.add_episode(make_episode(30))
   assert len(episode_files(tmp_path)) == 1
+
+
+def test_a_watching_replay_loads_what_another_process_writes(tmp_path):
+  # Multi-worker: a worker's replay reads the chief's episode files.
+  reader = replay_lib.Replay(tmp_path, minlen=5, watch=True)
+  assert reader.stats['loaded_episodes'] == 0
+  replay_lib.save_episode(tmp_path, make_episode(30, 1))
+  replay_lib.save_episode(tmp_path, make_episode(3, 2))  # Under minlen.
+  assert reader.refresh() == 1 and reader.refresh() == 0
+  assert reader.stats['loaded_episodes'] == 1 and reader.stats['loaded_steps'] == 30
+  batches = iter(reader.dataset(2, 5))
+  assert next(batches)['reward'].shape == (2, 5)
+  replay_lib.save_episode(tmp_path, make_episode(40, 3))
+  # The dataset looks again every WATCH_EVERY batches (it prefetches 4).
+  for _ in range(2 * replay_lib.WATCH_EVERY + 5):
+    next(batches)
+  assert reader.stats['loaded_episodes'] == 2
