@@ -20,7 +20,8 @@ def main():
   import tensorflow as tf
   from common import nets
   shape = [400, 64, 64, 1]
-  dy = tf.constant(np.random.default_rng(0).normal(0.01, 0.1, shape), tf.float32)
+  dy = tf.constant(
+      np.random.default_rng(0).normal(0.01, 0.1, shape), tf.float32)
   half = tf.cast(dy, tf.bfloat16)
 
   def bias_grad(add, bias):
@@ -32,9 +33,11 @@ def main():
   print(json.dumps({
       'shape': shape,
       'float32_sum': round(float(tf.reduce_sum(dy)), 2),
-      'bias_add_grad_bfloat16': bias_grad(tf.nn.bias_add, tf.zeros([1], tf.bfloat16)),
+      'bias_add_grad_bfloat16': bias_grad(
+          tf.nn.bias_add, tf.zeros([1], tf.bfloat16)),
       'reduce_sum_bfloat16': float(tf.reduce_sum(half)),
-      'nets_add_bias_bfloat16': bias_grad(nets.add_bias, tf.zeros([1], tf.float32)),
+      'nets_add_bias_bfloat16': bias_grad(
+          nets.add_bias, tf.zeros([1], tf.float32)),
   }))
 
 

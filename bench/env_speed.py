@@ -3,12 +3,12 @@
   .venv/bin/python bench/env_speed.py --task atari_pong --steps 5000
   .venv/bin/python bench/env_speed.py --envs 2 --parallel process
 
-`env_steps_per_second` steps the env(s) in a bare loop; `driver_steps_per_second`
-runs the same through the Driver with a random policy (stacking, callbacks and
-episode assembly included). Frames per second = agent steps x action repeat.
-For one Atari env it also times gymnasium's AtariPreprocessing on the same
-protocol in the same run (`ours_over_gymnasium`); for several envs, one env
-with the same --parallel (`speedup_over_one_env`).
+`env_steps_per_second` steps the env(s) in a bare loop;
+`driver_steps_per_second` runs the same through the Driver with a random policy
+(stacking, callbacks and episode assembly included). Frames per second = agent
+steps x action repeat. For one Atari env it also times gymnasium's
+AtariPreprocessing on the same protocol in the same run (`ours_over_gymnasium`);
+for several envs, one env with the same --parallel (`speedup_over_one_env`).
 """
 
 import argparse
@@ -28,8 +28,10 @@ from common import envs  # noqa: E402
 def random_actions(space, count, rng):
   """[count, A] actions: one-hot for discrete spaces, uniform otherwise."""
   if getattr(space, 'discrete', False):
-    return np.eye(space.shape[0], dtype=np.float32)[rng.integers(0, space.shape[0], count)]
-  return rng.uniform(space.low, space.high, (count,) + space.shape).astype(np.float32)
+    return np.eye(space.shape[0], dtype=np.float32)[
+        rng.integers(0, space.shape[0], count)]
+  return rng.uniform(
+      space.low, space.high, (count,) + space.shape).astype(np.float32)
 
 
 def bare_loop(env_list, steps, rng):
@@ -41,7 +43,8 @@ def bare_loop(env_list, steps, rng):
   start = time.perf_counter()
   while done < steps:
     actions = random_actions(space, len(env_list), rng)
-    promises = [env.step({'action': a}, blocking=False) for env, a in zip(env_list, actions)]
+    promises = [env.step({'action': a}, blocking=False)
+                for env, a in zip(env_list, actions)]
     for env, promise in zip(env_list, promises):
       if promise()['is_last']:
         env.reset()
@@ -72,8 +75,8 @@ def gymnasium_loop(game, steps, repeat, seed):
   import gymnasium
   gymnasium.register_envs(ale_py)
   name = ''.join(part.capitalize() for part in game.split('_'))
-  env = gymnasium.make(f'ALE/{name}-v5', frameskip=1, repeat_action_probability=0.25,
-                       full_action_space=True)
+  env = gymnasium.make(f'ALE/{name}-v5', frameskip=1,
+                       repeat_action_probability=0.25, full_action_space=True)
   env = gymnasium.wrappers.AtariPreprocessing(
       env, noop_max=30, frame_skip=repeat, screen_size=64, grayscale_obs=True,
       terminal_on_life_loss=False)
@@ -82,7 +85,8 @@ def gymnasium_loop(game, steps, repeat, seed):
   done, episodes = 0, 0
   start = time.perf_counter()
   while done < steps:
-    _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+    _, _, terminated, truncated, _ = env.step(
+        int(rng.integers(env.action_space.n)))
     if terminated or truncated:
       env.reset()
       episodes += 1
@@ -97,7 +101,8 @@ def main():
   parser.add_argument('--task', default='atari_pong')
   parser.add_argument('--steps', type=int, default=5000)
   parser.add_argument('--envs', type=int, default=1)
-  parser.add_argument('--parallel', default='none', choices=['none', 'thread', 'process'])
+  parser.add_argument('--parallel', default='none',
+                      choices=['none', 'thread', 'process'])
   parser.add_argument('--action_repeat', type=int, default=None,
                       help='default: 4 for atari, 2 for dmc, 1 otherwise')
   parser.add_argument('--time_limit', type=int, default=27000)
@@ -106,7 +111,8 @@ def main():
     envs.check_task(args.task)
   except (envs.UnknownTask, envs.MissingPackage) as error:
     parser.exit(2, f'error: {error}\n')
-  repeat = args.action_repeat or {'atari': 4, 'dmc': 2}.get(args.task.split('_')[0], 1)
+  repeat = args.action_repeat or {'atari': 4, 'dmc': 2}.get(
+      args.task.split('_')[0], 1)
   ctor = functools.partial(
       envs.make, args.task, action_repeat=repeat, time_limit=args.time_limit)
   env_list = [
@@ -124,7 +130,8 @@ def main():
     one = bare_loop([single], args.steps, np.random.default_rng(2))
     single.close()
     compare['one_env_steps_per_second'] = round(one[0] / one[1], 1)
-    compare['speedup_over_one_env'] = round(bare[0] / bare[1] / (one[0] / one[1]), 3)
+    compare['speedup_over_one_env'] = round(
+        bare[0] / bare[1] / (one[0] / one[1]), 3)
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each, in this run.
     ours = bare_loop([envs.Parallel(functools.partial(ctor, seed=0), 'none')],
@@ -132,7 +139,8 @@ def main():
     theirs = gymnasium_loop(envs.atari_game(args.task), args.steps, repeat, 0)
     compare = {
         'ours_steps_per_second': round(ours[0] / ours[1], 1),
-        'gymnasium_preprocessing_steps_per_second': round(theirs[0] / theirs[1], 1)}
+        'gymnasium_preprocessing_steps_per_second': round(
+            theirs[0] / theirs[1], 1)}
     compare['ours_over_gymnasium'] = round(
         compare['ours_steps_per_second']
         / compare['gymnasium_preprocessing_steps_per_second'], 3)

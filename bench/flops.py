@@ -1,8 +1,8 @@
 """The work in one DreamerV2 update, counted from the config's layer sizes.
 
-  python3 bench/flops.py                               # Atari config, batch 16x50
+  python3 bench/flops.py          # Atari config, batch 16x50
   python3 bench/flops.py --config --dataset.batch 50
-  python3 bench/flops.py --check                       # and TensorFlow's own count
+  python3 bench/flops.py --check  # and TensorFlow's own count
 
 Counts the multiply-adds of every matmul and convolution (2 FLOPs each) in
 the forward pass of the world model over B x T frames and of the
@@ -21,7 +21,6 @@ not differentiate), so it is higher for the actor-critic.
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 
@@ -67,7 +66,8 @@ def update_flops(config, image=(64, 64, 1), actions=18):
   H, D = rssm.hidden, rssm.deter
   enc, embed = encoder(image[0], image[2], config.encoder.cnn_depth,
                        config.encoder.cnn_kernels)
-  dec = decoder(feat, image[2], config.decoder.cnn_depth, config.decoder.cnn_kernels)
+  dec = decoder(feat, image[2], config.decoder.cnn_depth,
+                config.decoder.cnn_kernels)
   prior = D * H + H * stats                        # img_out, img_dist
   step = (stoch + actions) * H + (H + D) * 3 * D   # img_in, GRU
   posterior = (D + embed) * H + H * stats          # obs_out, obs_dist
@@ -112,11 +112,13 @@ def tensorflow_flops(function, *args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--check', action='store_true',
-                      help='also count with TensorFlow\'s profiler (builds the agent)')
+                      help='also count with TensorFlow\'s profiler '
+                           '(builds the agent)')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
   from common import config as configlib
-  argv = ['--configs', 'defaults', 'atari', '--dataset.batch', '16'] + args.config
+  argv = (['--configs', 'defaults', 'atari', '--dataset.batch', '16']
+          + args.config)
   config = configlib.parse(argv)
   counted = update_flops(config)
   result = {'config': ' '.join(argv), **{f'{k}_gflop': round(v / 1e9, 1)
@@ -125,7 +127,8 @@ def main():
     from bench import speed
     import tensorflow as tf
     agent, data = speed.build_agent(argv + ['--jit', 'True'])
-    world_model = tensorflow_flops(tf.function(lambda d: agent.wm.train(d)[1]), data)
+    world_model = tensorflow_flops(
+        tf.function(lambda d: agent.wm.train(d)[1]), data)
     theirs = tensorflow_flops(agent._train, data)
     result['tensorflow_world_model_gflop'] = round(world_model / 1e9, 1)
     result['tensorflow_gflop'] = round(theirs / 1e9, 1)

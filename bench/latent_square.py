@@ -1,4 +1,5 @@
-"""How long does the world model's latent take to carry the image? Prints ONE JSON line.
+"""How long does the world model's latent take to carry the image? Prints
+ONE JSON line.
 
 A synthetic task that only the image can solve: dark 64x64 frames with one
 bright 8x8 square per sequence, at a random position that stays put; the
@@ -10,9 +11,9 @@ reconstruction of 32 held-out sequences is scored (per-pixel MSE, pixels in
 carries the square the reconstruction stays at the floor: that phase is what
 this measures (`first_below`: the first evaluation under `--below` x floor).
 
-  python3 bench/latent_square.py                              # atari lr 2e-4, 500 updates
+  python3 bench/latent_square.py          # atari lr 2e-4, 500 updates
   python3 bench/latent_square.py --config --model_opt.lr 6e-4
-  python3 bench/latent_square.py --quick                      # < 1 min, CI
+  python3 bench/latent_square.py --quick  # < 1 min, CI
 """
 
 import argparse
@@ -27,12 +28,14 @@ from dreamerv2 import probes  # noqa: E402
 
 
 def main():
-  parser = argparse.ArgumentParser(description='Latent wake-up benchmark (one JSON line).')
+  parser = argparse.ArgumentParser(
+      description='Latent wake-up benchmark (one JSON line).')
   parser.add_argument('--updates', type=int, default=500)
   parser.add_argument('--eval_every', type=int, default=50)
   parser.add_argument('--precision', type=int, default=16, choices=(16, 32))
   parser.add_argument('--below', type=float, default=0.6,
-                      help='first_below: first evaluation with error < this x floor')
+                      help='first_below: first evaluation with error < this x '
+                           'floor')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])

@@ -17,9 +17,12 @@ check and the verdict of `common/plot.py --compare` at --frames. Writes the
 curves to scores/dmc-walker-walk.json (published format, method
 `dreamerv2_tf2`) and a PNG drawn by common/plot.py beside the published seeds.
 
-  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 --seeds 0 --logdir ~/runs/dmc
-  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 --seeds 0 1 2 --logdir ~/runs/dmc
-  python3 bench/learn_dmc.py --quick      # < 2 min: two sittings of a tiny model, JSON complete
+  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 \\
+      --seeds 0 --logdir ~/runs/dmc
+  python3 bench/learn_dmc.py --task dmc_walker_walk --frames 100000 \\
+      --seeds 0 1 2 --logdir ~/runs/dmc
+  # < 2 min: two sittings of a tiny model, JSON complete
+  python3 bench/learn_dmc.py --quick
 
 Ctrl-C (or SIGTERM) stops the children, which save their checkpoints.
 """
@@ -64,13 +67,15 @@ def train_command(args, seed, steps):
   command = [
       sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
       '--configs', 'defaults', 'dmc_vision', '--task', args.task,
-      '--seed', str(seed), '--logdir', str(seed_logdir(args.logdir, args.task, seed)),
+      '--seed', str(seed),
+      '--logdir', str(seed_logdir(args.logdir, args.task, seed)),
       '--steps', str(steps), '--eval_every', str(args.eval_every)]
   return command + (QUICK if args.quick else [])
 
 
 def stored_steps(logdir):
-  """Agent steps in the logdir's finished train episodes (as train.py counts)."""
+  """Agent steps in the logdir's finished train episodes (as train.py
+  counts)."""
   total = 0
   for filename in (logdir / 'train_episodes').glob('*.npz'):
     try:
@@ -112,13 +117,16 @@ def sittings(logdir):
   path = logdir / 'sittings.jsonl'
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = [json.loads(line) for line in path.read_text().splitlines()
+             if line.strip()]
   done = []
   for record in records:
     if 'end' not in record:
-      newest = max((p.stat().st_mtime for p in logdir.rglob('*') if p.is_file()),
-                   default=record['start'])
-      record = {**record, 'end': max(record['start'], newest), 'estimated_end': True}
+      newest = max(
+          (p.stat().st_mtime for p in logdir.rglob('*') if p.is_file()),
+          default=record['start'])
+      record = {**record, 'end': max(record['start'], newest),
+                'estimated_end': True}
     done.append(record)
   return done
 
@@ -166,7 +174,8 @@ def run_seeds(args, seeds, steps):
     stopping = True
     for process, _ in running.values():
       process.send_signal(signal.SIGINT)
-  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  previous = {sig: signal.signal(sig, stop)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     while pending or running:
       while pending and len(running) < args.jobs and not stopping:
@@ -192,10 +201,12 @@ def run_seeds(args, seeds, steps):
         lines = (logdir / 'sittings.jsonl').read_text().splitlines()
         record = {**json.loads(lines[-1]), 'end': time.time(),
                   'end_step': stored_steps(logdir),
-                  'end_updates': updates_made(logdir), 'exit': process.returncode}
+                  'end_updates': updates_made(logdir),
+                  'exit': process.returncode}
         lines[-1] = json.dumps(record)
         text = '\n'.join(lines) + '\n'
-        utils.atomic_write(logdir / 'sittings.jsonl', lambda f: f.write(text), mode='w')
+        utils.atomic_write(
+            logdir / 'sittings.jsonl', lambda f: f.write(text), mode='w')
         if process.returncode != 0 and not stopping:
           tail = (logdir / 'train.log').read_text()[-2000:]
           raise SystemExit(
@@ -208,8 +219,10 @@ def run_seeds(args, seeds, steps):
 
 
 def random_floor(args):
-  """Mean return of uniform random actions, cached in DIR/TASK/random_floor.json."""
-  path = pathlib.Path(args.logdir).expanduser() / args.task / 'random_floor.json'
+  """Mean return of uniform random actions, cached in
+  DIR/TASK/random_floor.json."""
+  path = (pathlib.Path(args.logdir).expanduser() / args.task
+          / 'random_floor.json')
   if path.exists():
     cached = json.loads(path.read_text())
     if cached['episodes'] == args.floor_episodes:
@@ -229,14 +242,16 @@ def random_floor(args):
     returns.append(total)
   env.close()
   result = {'episodes': args.floor_episodes, 'mean': float(np.mean(returns)),
-            'std': float(np.std(returns)), 'returns': [round(r, 2) for r in returns]}
+            'std': float(np.std(returns)),
+            'returns': [round(r, 2) for r in returns]}
   path.parent.mkdir(parents=True, exist_ok=True)
   utils.atomic_write(path, lambda f: json.dump(result, f), mode='w')
   return result
 
 
 def report(args, steps, floor):
-  published = [c for c in plot_lib.load_scores(PUBLISHED) if c['task'] == args.task]
+  published = [c for c in plot_lib.load_scores(PUBLISHED)
+               if c['task'] == args.task]
   frames = steps * ACTION_REPEAT
   runs, scores = [], []
   for seed in args.seeds:
@@ -277,8 +292,10 @@ def report(args, steps, floor):
     target = {
         'window': list(args.window), 'published_median': round(median, 1),
         'published_min': round(low, 1), 'threshold': round(0.8 * median, 1),
-        'seeds_at_80_percent': sum(m is not None and m >= 0.8 * median for m in means),
-        'seeds_below_published_min': sum(m is not None and m < low for m in means),
+        'seeds_at_80_percent': sum(
+            m is not None and m >= 0.8 * median for m in means),
+        'seeds_below_published_min': sum(
+            m is not None and m < low for m in means),
         'seeds_with_window': sum(m is not None for m in means)}
   verdict = None
   if scores:
@@ -303,32 +320,40 @@ def report(args, steps, floor):
   return {
       'task': args.task, 'frames': frames, 'eval_every': args.eval_every,
       'configs': 'defaults dmc_vision', 'quick': args.quick, 'jobs': args.jobs,
-      'random_floor': round(floor['mean'], 1), 'random_floor_std': round(floor['std'], 1),
+      'random_floor': round(floor['mean'], 1),
+      'random_floor_std': round(floor['std'], 1),
       'random_floor_episodes': floor['episodes'],
       'runs': runs,
       'published': {str(int(x)): {k: round(v, 1) for k, v in s.items()}
                     for x, s in band.items()},
-      'target': target, 'compare': verdict, 'scores': str(out) if scores else None,
+      'target': target, 'compare': verdict,
+      'scores': str(out) if scores else None,
       'png': png, 'plot_error': plot_error}
 
 
 def main():
   parser = argparse.ArgumentParser(
-      description='DMC learning benchmark against the published curves (one JSON line).')
+      description='DMC learning benchmark against the published curves '
+                  '(one JSON line).')
   parser.add_argument('--task', default='dmc_walker_walk')
   parser.add_argument('--frames', type=int, default=100000)
   parser.add_argument('--seeds', type=int, nargs='+', default=[0])
   parser.add_argument('--logdir', default=None,
-                      help='seeds train in LOGDIR/TASK/%s/SEED (default: a temp dir)' % METHOD)
-  parser.add_argument('--eval_every', type=int, default=5000, help='agent steps')
-  parser.add_argument('--jobs', type=int, default=1, help='seeds trained side by side')
+                      help=('seeds train in LOGDIR/TASK/%s/SEED '
+                            '(default: a temp dir)') % METHOD)
+  parser.add_argument('--eval_every', type=int, default=5000,
+                      help='agent steps')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='seeds trained side by side')
   parser.add_argument('--window', type=float, nargs=2, default=None,
                       metavar=('LOW', 'HIGH'),
-                      help='frames (LOW, HIGH] whose evaluations are averaged per '
-                           'seed for the target (default: the last 30k frames)')
+                      help='frames (LOW, HIGH] whose evaluations are averaged '
+                           'per seed for the target (default: the last 30k '
+                           'frames)')
   parser.add_argument('--floor_episodes', type=int, default=10)
   parser.add_argument('--out', default=None,
-                      help='score file (default: scores/<task without dmc_>.json)')
+                      help='score file '
+                           '(default: scores/<task without dmc_>.json)')
   parser.add_argument('--quick', action='store_true')
   args = parser.parse_args()
   if not args.task.startswith('dmc_'):
@@ -347,13 +372,14 @@ def main():
     args.logdir = temp.name
   if args.out is None:
     name = args.task.removeprefix('dmc_').replace('_', '-')
-    args.out = (pathlib.Path(args.logdir) / f'dmc-{name}-quick.json' if args.quick
-                else ROOT / 'scores' / f'dmc-{name}.json')
+    args.out = (pathlib.Path(args.logdir) / f'dmc-{name}-quick.json'
+                if args.quick else ROOT / 'scores' / f'dmc-{name}.json')
   steps = args.frames // ACTION_REPEAT
   floor = random_floor(args)
   if args.quick:
     # Two sittings: the second resumes what the first saved.
-    complete = run_seeds(args, args.seeds, steps // 2) and run_seeds(args, args.seeds, steps)
+    complete = (run_seeds(args, args.seeds, steps // 2)
+                and run_seeds(args, args.seeds, steps))
   else:
     complete = run_seeds(args, args.seeds, steps)
   result = report(args, steps, floor)

@@ -10,10 +10,12 @@ episodes). Prints ONE JSON line; writes the curves to
 scores/minigrid-empty-5x5.json (published format) and a PNG drawn by
 common/plot.py.
 
-  python3 bench/learn_minigrid.py                       # seeds 0 1 2, 20k steps each
+  python3 bench/learn_minigrid.py  # seeds 0 1 2, 20k steps each
   python3 bench/learn_minigrid.py --seeds 0 --steps 10000
-  python3 bench/learn_minigrid.py --jobs 3 --logdir /tmp/minigrid   # seeds side by side
-  python3 bench/learn_minigrid.py --quick               # < 2 min, checks the JSON is complete
+  # seeds side by side
+  python3 bench/learn_minigrid.py --jobs 3 --logdir /tmp/minigrid
+  # < 2 min, checks the JSON is complete
+  python3 bench/learn_minigrid.py --quick
 """
 
 import argparse
@@ -31,10 +33,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TASK = 'minigrid_empty_5x5'
-QUICK = {'rssm.deter': 32, 'rssm.hidden': 32, 'rssm.stoch': 4, 'rssm.discrete': 4,
-         'encoder.cnn_depth': 4, 'decoder.cnn_depth': 4, 'dataset.batch': 4,
-         'dataset.length': 10, 'reward_head.units': 16, 'discount_head.units': 16,
-         'actor.units': 16, 'critic.units': 16, 'prefill': 100, 'pretrain': 1}
+QUICK = {'rssm.deter': 32, 'rssm.hidden': 32, 'rssm.stoch': 4,
+         'rssm.discrete': 4, 'encoder.cnn_depth': 4, 'decoder.cnn_depth': 4,
+         'dataset.batch': 4, 'dataset.length': 10, 'reward_head.units': 16,
+         'discount_head.units': 16, 'actor.units': 16, 'critic.units': 16,
+         'prefill': 100, 'pretrain': 1}
 
 
 def make_env(name, seed):
@@ -58,7 +61,8 @@ def random_floor(name, episodes, seed):
     env.reset()
     total, done = 0.0, False
     while not done:
-      _, reward, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+      _, reward, terminated, truncated, _ = env.step(
+          int(rng.integers(env.action_space.n)))
       total += reward
       done = terminated or truncated
     returns.append(total)
@@ -95,7 +99,8 @@ def train_seed(args, seed, logdir):
       'log_every': args.eval_every, **(QUICK if args.quick else {})})
   config = config.update(args.overrides)
   recorder = EvalRecorder()
-  outputs = [loggerlib.TerminalOutput(config.steps), loggerlib.JSONLOutput(logdir), recorder]
+  outputs = [loggerlib.TerminalOutput(config.steps),
+             loggerlib.JSONLOutput(logdir), recorder]
   api.train(make_env(args.env, seed), config, outputs,
             eval_env=make_env(args.env, seed + 10000))
   by_step = collections.defaultdict(list)
@@ -117,7 +122,8 @@ def train_seed(args, seed, logdir):
 
 
 def main():
-  parser = argparse.ArgumentParser(description='MiniGrid learning benchmark (one JSON line).')
+  parser = argparse.ArgumentParser(
+      description='MiniGrid learning benchmark (one JSON line).')
   parser.add_argument('--env', default='MiniGrid-Empty-5x5-v0')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   parser.add_argument('--steps', type=int, default=20000)
@@ -125,10 +131,14 @@ def main():
   parser.add_argument('--eval_eps', type=int, default=20)
   parser.add_argument('--target', type=float, default=0.9)
   parser.add_argument('--floor_episodes', type=int, default=100)
-  parser.add_argument('--out', default=str(ROOT / 'scores' / 'minigrid-empty-5x5.json'))
+  parser.add_argument(
+      '--out', default=str(ROOT / 'scores' / 'minigrid-empty-5x5.json'))
   parser.add_argument('--jobs', type=int, default=1,
-                      help='seeds trained at once, each in its own process (wall times then share the CPU)')
-  parser.add_argument('--logdir', default=None, help='keep each seed\'s logdir here (default: a temp dir)')
+                      help='seeds trained at once, each in its own process '
+                           '(wall times then share the CPU)')
+  parser.add_argument('--logdir', default=None,
+                      help='keep each seed\'s logdir here '
+                           '(default: a temp dir)')
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--config', nargs='*', default=[], help='key value pairs')
   args = parser.parse_args()
@@ -144,19 +154,22 @@ def main():
     used = [str(pathlib.Path(args.logdir) / str(seed)) for seed in args.seeds
             if any((pathlib.Path(args.logdir) / str(seed)).glob('*'))]
     if used:
-      parser.error(f'--logdir {args.logdir} already holds runs ({", ".join(used)}): '
-                   'training would resume them instead of starting from step 0. '
-                   'Pass an empty or new --logdir, or remove those directories.')
+      parser.error(
+          f'--logdir {args.logdir} already holds runs ({", ".join(used)}): '
+          'training would resume them instead of starting from step 0. '
+          'Pass an empty or new --logdir, or remove those directories.')
   floor = random_floor(args.env, args.floor_episodes, 0)
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(args.logdir or tmp)
     logdirs = [root / str(seed) for seed in args.seeds]
     if args.jobs == 1:
-      runs = [train_seed(args, seed, logdir) for seed, logdir in zip(args.seeds, logdirs)]
+      runs = [train_seed(args, seed, logdir)
+              for seed, logdir in zip(args.seeds, logdirs)]
     else:
       context = multiprocessing.get_context('spawn')
       with futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        runs = list(pool.map(train_seed, [args] * len(logdirs), args.seeds, logdirs))
+        runs = list(pool.map(
+            train_seed, [args] * len(logdirs), args.seeds, logdirs))
   scores = [{'task': TASK, 'method': 'dreamerv2', 'seed': str(r['seed']),
              'xs': [float(x) for x in r['xs']], 'ys': r['ys']} for r in runs]
   out = pathlib.Path(args.out)
@@ -165,8 +178,8 @@ def main():
   utils.atomic_write(out, lambda f: json.dump(scores, f), mode='w')
   png = None
   plot = subprocess.run(
-      [sys.executable, str(ROOT / 'common' / 'plot.py'), '--baselines', str(out),
-       '--outdir', str(out.parent), '--name', out.stem, '--bins', '0',
+      [sys.executable, str(ROOT / 'common' / 'plot.py'), '--baselines',
+       str(out), '--outdir', str(out.parent), '--name', out.stem, '--bins', '0',
        '--agg', 'none', '--ylim', '0', '1'], capture_output=True, text=True)
   if plot.returncode == 0:
     png = str(out.with_suffix('.png'))

@@ -66,7 +66,8 @@ def main():
     plot_seconds = time.time() - start
     if result.returncode:
       sys.exit(f'plot.py failed: {result.stderr.strip()}')
-    outputs = {f.name: f.stat().st_size for f in sorted((tmp / 'plots').iterdir())}
+    outputs = {f.name: f.stat().st_size
+               for f in sorted((tmp / 'plots').iterdir())}
   print(json.dumps({
       'runs': args.tasks * args.methods * args.seeds,
       'lines_per_run': args.lines,

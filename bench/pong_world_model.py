@@ -25,7 +25,8 @@ on up to `--updates` in total; the report covers the whole run and lists its
 `segments`. The settings that shape the run (episodes, batch, precision,
 seed, config, ...) must match the ones DIR was made with.
 
-  python3 bench/pong_world_model.py --updates 15000 --eval_every 250 --checkpoint ~/pong
+  python3 bench/pong_world_model.py --updates 15000 --eval_every 250 \\
+      --checkpoint ~/pong
 """
 
 import argparse
@@ -42,15 +43,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 QUICK = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
-         '--rssm.discrete', '4', '--encoder.cnn_depth', '4', '--decoder.cnn_depth', '4',
-         '--reward_head.units', '16', '--discount_head.units', '16']
+         '--rssm.discrete', '4', '--encoder.cnn_depth', '4',
+         '--decoder.cnn_depth', '4', '--reward_head.units', '16',
+         '--discount_head.units', '16']
 
 
 # The per-update metrics kept (and saved) for the report.
-LOSS_KEYS = ('image_loss', 'reward_loss', 'kl_loss', 'model_loss', 'post_ent', 'prior_ent',
-             'model_grad_norm')
+LOSS_KEYS = ('image_loss', 'reward_loss', 'kl_loss', 'model_loss', 'post_ent',
+             'prior_ent', 'model_grad_norm')
 # The arguments that shape a run: a checkpoint resumes only with the same ones.
-RUN_KEYS = ('episodes', 'heldout', 'batch', 'precision', 'seed', 'quick', 'config')
+RUN_KEYS = ('episodes', 'heldout', 'batch', 'precision', 'seed', 'quick',
+            'config')
 
 
 def write_json(path, value):
@@ -66,7 +69,8 @@ def check_run(path, args):
             for k in RUN_KEYS if saved.get(k) != getattr(args, k)]
   if differ:
     sys.exit(f'--checkpoint {path.parent} was made with other settings ('
-             + '; '.join(differ) + '): repeat them to resume, or choose a new directory.')
+             + '; '.join(differ)
+             + '): repeat them to resume, or choose a new directory.')
 
 
 def collect(env, episodes, rng):
@@ -107,13 +111,15 @@ def open_loop(wm, episodes, context, horizon, rng, chunks, samples):
   data = wm.preprocess(data)
   embed = wm.encoder(data)
   states, _ = wm.rssm.observe(
-      embed[:, :context], data['action'][:, :context], data['is_first'][:, :context],
-      sample=False)
+      embed[:, :context], data['action'][:, :context],
+      data['is_first'][:, :context], sample=False)
   decoder = wm.heads['decoder']
-  decode = lambda states: np.asarray(decoder(wm.rssm.get_feat(states))['image'].mode(), np.float32)
+  decode = lambda states: np.asarray(
+      decoder(wm.rssm.get_feat(states))['image'].mode(), np.float32)
   recon = decode(states)
   init = {k: v[:, -1] for k, v in states.items()}
-  rollouts = [decode(wm.rssm.imagine(data['action'][:, context:], init)) for _ in range(samples)]
+  rollouts = [decode(wm.rssm.imagine(data['action'][:, context:], init))
+              for _ in range(samples)]
   frames = lambda openl: np.clip(np.concatenate([recon, openl], 1) + 0.5, 0, 1)
   truth = np.asarray(tf.cast(data['image'], tf.float32)) + 0.5
   return truth, frames(rollouts[0]), frames(np.mean(rollouts, 0))
@@ -121,36 +127,44 @@ def open_loop(wm, episodes, context, horizon, rng, chunks, samples):
 
 def save_strips(path, truth, sample, mean, rows=3, every=3):
   """PNG: for each of `rows` windows, four rows (truth / one sampled rollout /
-  mean of the rollouts / error of the mean, grey = 0) of every `every`-th frame."""
+  mean of the rollouts / error of the mean, grey = 0) of every `every`-th
+  frame."""
   import numpy as np
   from PIL import Image
   blocks = []
   for i in range(min(rows, len(truth))):
     t, s, m = (x[i, ::every, ..., 0] for x in (truth, sample, mean))
     e = (m - t + 1) / 2
-    blocks.append(np.concatenate([np.concatenate(list(x), 1) for x in (t, s, m, e)], 0))
+    blocks.append(np.concatenate(
+        [np.concatenate(list(x), 1) for x in (t, s, m, e)], 0))
     blocks.append(np.ones((4, blocks[-1].shape[1])))
   image = (np.concatenate(blocks[:-1], 0) * 255).astype(np.uint8)
-  Image.fromarray(image).resize((image.shape[1] * 2, image.shape[0] * 2), Image.NEAREST).save(path)
+  Image.fromarray(image).resize(
+      (image.shape[1] * 2, image.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def main():
-  parser = argparse.ArgumentParser(description='Pong world model benchmark (one JSON line).')
-  parser.add_argument('--episodes', type=int, default=40, help='random training episodes')
+  parser = argparse.ArgumentParser(
+      description='Pong world model benchmark (one JSON line).')
+  parser.add_argument('--episodes', type=int, default=40,
+                      help='random training episodes')
   parser.add_argument('--heldout', type=int, default=4)
   parser.add_argument('--updates', type=int, default=None,
                       help='world-model updates (default 600; 3 with --quick)')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--samples', type=int, default=8,
-                      help='sampled open-loop rollouts per window; MSE scores their mean')
+                      help='sampled open-loop rollouts per window; MSE scores '
+                           'their mean')
   parser.add_argument('--eval_every', type=int, default=100,
-                      help='also measure the open-loop MSE every this many updates (0: only at the end)')
+                      help='also measure the open-loop MSE every this many '
+                           'updates (0: only at the end)')
   parser.add_argument('--precision', type=int, default=16)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--outdir', default=str(ROOT / 'scores'))
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--checkpoint', default=None,
-                      help='directory that keeps the run; the same command resumes it')
+                      help='directory that keeps the run; the same command '
+                           'resumes it')
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
   args = parser.parse_args()
   if args.quick:
@@ -166,8 +180,9 @@ def main():
   if resume:  # Before any work: the settings must be those of the run.
     check_run(ckpt / 'run.json', args)
   from common import config as configlib
-  argv = ['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
-          '--precision', str(args.precision)] + (QUICK if args.quick else []) + args.config
+  argv = (['--configs', 'defaults', 'atari', '--dataset.batch', str(args.batch),
+           '--precision', str(args.precision)]
+          + (QUICK if args.quick else []) + args.config)
   config = configlib.parse(argv)
   import numpy as np
   import tensorflow as tf
@@ -181,7 +196,8 @@ def main():
   nets.set_precision(config.precision)
 
   start = time.time()
-  env = envs.make('atari_pong', 'train', action_repeat=4, time_limit=27000, seed=args.seed)
+  env = envs.make('atari_pong', 'train', action_repeat=4, time_limit=27000,
+                  seed=args.seed)
   obs_space = {k: v for k, v in env.obs_space.items()}
   if resume:
     train_eps = list(replaylib.load_episodes(ckpt / 'train').values())
@@ -200,7 +216,8 @@ def main():
     for episode in heldout:
       replaylib.save_episode(ckpt / 'heldout', episode)
   step = tf.Variable(0, dtype=tf.int64)
-  wm = agentlib.WorldModel(config, obs_space, env.act_space['action'].shape[0], step)
+  wm = agentlib.WorldModel(
+      config, obs_space, env.act_space['action'].shape[0], step)
   losses, curve, segments = [], [], []
   if resume and (ckpt / 'world_model.pkl').exists():
     tfutils.load_checkpoint(wm, ckpt / 'world_model.pkl')
@@ -221,7 +238,8 @@ def main():
   # A resumed run samples a fresh stream of batches, not the ones already seen.
   replay = replaylib.Replay(
       directory,
-      minlen=config.dataset.length, maxlen=config.dataset.length, prioritize_ends=True,
+      minlen=config.dataset.length, maxlen=config.dataset.length,
+      prioritize_ends=True,
       seed=[args.seed, len(losses)] if losses else args.seed)
   if not resume:
     for episode in train_eps:
@@ -230,7 +248,8 @@ def main():
     write_json(ckpt / 'run.json', {k: getattr(args, k) for k in RUN_KEYS})
   dataset = iter(replay.dataset(config.dataset.batch, config.dataset.length))
   train = tf.function(lambda data: wm.train(data)[1])
-  mean_frame = np.mean(np.concatenate([e['image'] for e in train_eps]), 0) / 255.0
+  mean_frame = np.mean(
+      np.concatenate([e['image'] for e in train_eps]), 0) / 255.0
 
   def evaluate(episodes=heldout):
     truth, sample, mean = open_loop(
@@ -242,7 +261,8 @@ def main():
         'model_one_sample': mse(sample[:, 5:], future),
         'mean_frame': mse(mean_frame[None, None], future),
         'last_context_frame': mse(truth[:, 4:5], future),
-        # The 5 context frames through the posterior: does the latent carry the frame?
+        # The 5 context frames through the posterior: does the latent carry
+        # the frame?
         'recon': mse(mean[:, :5], context),
         'recon_mean_frame': mse(mean_frame[None, None], context),
     }
@@ -253,9 +273,11 @@ def main():
     opt = wm.model_opt
     v_of = {p.ref(): v for p, v in zip(opt.params, opt.v)}
     modules = {'encoder': wm.encoder, 'rssm': wm.rssm, **wm.heads}
-    return {f'eps_bound_{name}': round(float(np.mean(np.concatenate([
-        np.sqrt(v_of[p.ref()].numpy().ravel()) < config.model_opt.eps
-        for p in module.trainable_variables]))), 3) for name, module in modules.items()}
+    return {
+        f'eps_bound_{name}': round(float(np.mean(np.concatenate([
+            np.sqrt(v_of[p.ref()].numpy().ravel()) < config.model_opt.eps
+            for p in module.trainable_variables]))), 3)
+        for name, module in modules.items()}
 
   def record(updates):
     """Appends one row to `curve` (replacing one at the same update, as a
@@ -266,7 +288,8 @@ def main():
       curve.pop()
     curve.append({
         'updates': updates, **{k: round(v, 6) for k, v in error.items()},
-        'model_train_episodes': round(evaluate(train_eps[:args.heldout])[1]['model'], 6),
+        'model_train_episodes': round(
+            evaluate(train_eps[:args.heldout])[1]['model'], 6),
         # Entropies (nats) of the 32x32 categorical latent: a posterior near the
         # uniform 32*ln(32) = 110.9 nats, input-independent, carries no frame.
         **{k: round(float(np.mean([m[k] for m in recent])), 3)
@@ -303,7 +326,8 @@ def main():
         segment['compile_s'] = round(time.time() - start, 1)
         start = time.time()
       segment['end'] = len(losses)
-      if args.eval_every and (i + 1) % args.eval_every == 0 and i + 1 < args.updates:
+      if (args.eval_every and (i + 1) % args.eval_every == 0
+          and i + 1 < args.updates):
         begin = time.time()
         record(i + 1)
         segment['eval_s'] += time.time() - begin
@@ -312,9 +336,11 @@ def main():
   except KeyboardInterrupt:
     # Ctrl-C (SIGINT) ends training early; the report covers the updates done.
     interrupted = True
-    print(f'Interrupted after {len(losses)} updates: reporting them.', file=sys.stderr, flush=True)
+    print(f'Interrupted after {len(losses)} updates: reporting them.',
+          file=sys.stderr, flush=True)
     if not losses:
-      sys.exit('Interrupted before the first update finished: nothing to report.')
+      sys.exit(
+          'Interrupted before the first update finished: nothing to report.')
   segment['train_s'] = round(time.time() - start - segment['eval_s'], 1)
   segment['eval_s'] = round(segment['eval_s'], 1)
   done = len(losses)
@@ -326,18 +352,23 @@ def main():
   last = {k: float(np.mean([m[k] for m in losses[-10:]])) for k in first}
   out = pathlib.Path(args.outdir)
   out.mkdir(parents=True, exist_ok=True)
-  png = out / ('pong-world-model-openl-quick.png' if args.quick else 'pong-world-model-openl.png')
+  png = out / ('pong-world-model-openl-quick.png' if args.quick
+               else 'pong-world-model-openl.png')
   save_strips(png, *frames)
   print(json.dumps({
-      'updates': done, 'interrupted': interrupted, 'samples': args.samples, 'batch': args.batch, 'length': config.dataset.length,
+      'updates': done, 'interrupted': interrupted, 'samples': args.samples,
+      'batch': args.batch, 'length': config.dataset.length,
       'precision': args.precision, 'train_episodes': len(train_eps),
       'train_steps': int(sum(len(e['image']) - 1 for e in train_eps)),
       'heldout_episodes': len(heldout),
-      'loss_start': {k: round(first[k], 3) for k in ('image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
-      'loss_end': {k: round(last[k], 3) for k in ('image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
+      'loss_start': {k: round(first[k], 3) for k in (
+          'image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
+      'loss_end': {k: round(last[k], 3) for k in (
+          'image_loss', 'reward_loss', 'kl_loss', 'model_loss')},
       'openl_mse': {k: round(v, 6) for k, v in error.items()},
       'openl_mse_curve': curve,
-      'below_both_floors': error['model'] < min(error['mean_frame'], error['last_context_frame']),
+      'below_both_floors': error['model'] < min(
+          error['mean_frame'], error['last_context_frame']),
       'collect_s': round(collect_s, 1), 'compile_s': segments[0]['compile_s'],
       'train_s': round(sum(s['train_s'] for s in segments), 1),
       'segments': segments, 'checkpoint': str(ckpt) if ckpt else None,

@@ -4,9 +4,10 @@ Runs a few `Agent.train` calls on a synthetic Atari-sized batch under the
 TensorFlow profiler, reads the trace back and prints one JSON line: the
 update time and the ops (by type and by name) that take the most time.
 
-  python3 bench/profile_update.py                       # atari config, batch 16x50, precision 16
+  python3 bench/profile_update.py  # atari config, batch 16x50, precision 16
   python3 bench/profile_update.py --precision 32 --top 30
-  python3 bench/profile_update.py --config --dataset.batch 50   # any config overrides
+  # any config overrides
+  python3 bench/profile_update.py --config --dataset.batch 50
 """
 
 import argparse
@@ -29,7 +30,8 @@ def main():
   parser.add_argument('--calls', type=int, default=3)
   parser.add_argument('--top', type=int, default=25)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[],
-                      help='extra config flags, e.g. --config --rssm.deter 1024')
+                      help='extra config flags, e.g. '
+                           '--config --rssm.deter 1024')
   args = parser.parse_args()
 
   from bench import speed
@@ -54,7 +56,8 @@ def main():
       for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:args.top]]
   print(json.dumps({
       'update_s': round(seconds, 3), 'precision': args.precision,
-      'batch': args.batch, 'op_ms_per_update': round(total / args.calls / 1e9, 1),
+      'batch': args.batch,
+      'op_ms_per_update': round(total / args.calls / 1e9, 1),
       'top_types': top(by_type), 'top_ops': top(by_name)}))
 
 

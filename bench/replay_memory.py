@@ -9,7 +9,8 @@ past its capacity so that eviction runs, then measures:
   - batches per second through `replay.dataset` at 16x50 and 50x50.
 Prints one JSON line. Example:
   .venv/bin/python bench/replay_memory.py --steps 200000
-  .venv/bin/python bench/replay_memory.py --quick   # small fill, seconds, for CI
+  # small fill, seconds, for CI
+  .venv/bin/python bench/replay_memory.py --quick
 """
 
 import argparse

@@ -1,9 +1,11 @@
 """Speed of DreamerV2 on this machine: prints ONE JSON line of figures.
 
-  python3 bench/speed.py                 # Atari config, batch 16x50, precision 16 and 32
+  # Atari config, batch 16x50, precision 16 and 32
+  python3 bench/speed.py
   python3 bench/speed.py --batch 50      # the atari config's own batch
   python3 bench/speed.py --sweep         # update_s over batch, length and deter
-  python3 bench/speed.py --quick         # tiny sizes, for CI: checks the figures exist
+  # tiny sizes, for CI: checks the figures exist
+  python3 bench/speed.py --quick
   python3 bench/speed.py --config --rssm.deter 1024   # extra config overrides
 
 Figures (see bench/README.md): update_s (median/min/max of Agent.train calls
@@ -28,9 +30,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 QUICK = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
-         '--rssm.discrete', '4', '--encoder.cnn_depth', '4', '--decoder.cnn_depth', '4',
-         '--reward_head.units', '16', '--discount_head.units', '16',
-         '--actor.units', '16', '--critic.units', '16', '--dataset.length', '10']
+         '--rssm.discrete', '4', '--encoder.cnn_depth', '4',
+         '--decoder.cnn_depth', '4', '--reward_head.units', '16',
+         '--discount_head.units', '16', '--actor.units', '16',
+         '--critic.units', '16', '--dataset.length', '10']
 
 
 def build_agent(argv, seed=0):
@@ -87,7 +90,8 @@ def measure_agent(argv, calls):
     start = time.time()
     sync(agent.train(data))
     times.append(time.time() - start)
-  obs = {'image': np.zeros((1, 64, 64, 1), np.uint8), 'is_first': np.array([True])}
+  obs = {'image': np.zeros((1, 64, 64, 1), np.uint8),
+         'is_first': np.array([True])}
   out, state = agent.policy(obs, None)
   obs['is_first'] = np.array([False])
   for _ in range(10):
@@ -109,7 +113,8 @@ def measure_agent(argv, calls):
       'policy_ms': round(1000 * float(np.median(policy)), 2),
       'params': params,
       'compute_dtype': nets.compute_dtype().name,
-      'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'peak_rss_mb': round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
   }
 
 
@@ -123,8 +128,10 @@ def measure_peak(repeats=20):
   shapes = {
       'matmul_2048': ([2048, 2048], [2048, 2048], 2 * 2048 ** 3),
       'matmul_gru': ([800, 1200], [1200, 1800], 2 * 800 * 1200 * 1800),
-      'conv_encoder': ([800, 31, 31, 48], [4, 4, 48, 96], 2 * 800 * 14 * 14 * 16 * 48 * 96),
-      'conv_decoder': ([800, 13, 13, 96], [6, 6, 48, 96], 2 * 800 * 13 * 13 * 36 * 96 * 48),
+      'conv_encoder': ([800, 31, 31, 48], [4, 4, 48, 96],
+                       2 * 800 * 14 * 14 * 16 * 48 * 96),
+      'conv_decoder': ([800, 13, 13, 96], [6, 6, 48, 96],
+                       2 * 800 * 13 * 13 * 36 * 96 * 48),
   }
   result = {}
   for dtype in (tf.bfloat16, tf.float32):
@@ -172,7 +179,8 @@ def floors(config, peak, update_s):
 def measure_env(steps):
   import numpy as np
   from common import envs
-  env = envs.make('atari_pong', 'train', action_repeat=4, time_limit=27000, seed=0)
+  env = envs.make(
+      'atari_pong', 'train', action_repeat=4, time_limit=27000, seed=0)
   rng = np.random.default_rng(0)
   n = env.act_space['action'].shape[0]
   env.reset()
@@ -217,7 +225,8 @@ def measure_loop(argv, steps, prefill):
   """Agent steps per second of the real train.py loop after prefill, from
   the loop's own `fps` metric (env frames / s, divided by action repeat)."""
   with tempfile.TemporaryDirectory() as logdir:
-    cmd = [sys.executable, str(ROOT / 'dreamerv2' / 'train.py'), '--logdir', logdir,
+    cmd = [sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
+           '--logdir', logdir,
            '--configs', 'defaults', 'atari', '--prefill', str(prefill),
            '--steps', str(prefill + steps), '--log_every', str(steps // 2),
            '--eval_every', str(10 * steps), '--train_every', '16'] + argv
@@ -236,10 +245,12 @@ def measure_loop(argv, steps, prefill):
 
 def machine():
   import tensorflow as tf
-  flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
+  flags = (open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo')
+           else '')
   return {
       'cores': os.cpu_count(), 'python': platform.python_version(),
-      'tensorflow': tf.__version__, 'gpus': len(tf.config.list_physical_devices('GPU')),
+      'tensorflow': tf.__version__,
+      'gpus': len(tf.config.list_physical_devices('GPU')),
       'onednn': os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1') != '0',
       'amx_bf16': 'amx_bf16' in flags, 'avx512_bf16': 'avx512_bf16' in flags,
       'date': time.strftime('%Y-%m-%d'),
@@ -261,15 +272,18 @@ def run_child(argv, calls, quick=False):
 
 
 def main():
-  parser = argparse.ArgumentParser(description='DreamerV2 speed benchmark (one JSON line).')
+  parser = argparse.ArgumentParser(
+      description='DreamerV2 speed benchmark (one JSON line).')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--length', type=int, default=50)
-  parser.add_argument('--steps', type=int, default=10, help='update calls measured')
+  parser.add_argument('--steps', type=int, default=10,
+                      help='update calls measured')
   parser.add_argument('--loop_steps', type=int, default=320)
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--sweep', action='store_true')
   parser.add_argument('--distribute', action='store_true',
-                      help='update_s on one device and on 2 logical CPU devices')
+                      help='update_s on one device and on 2 logical CPU '
+                           'devices')
   parser.add_argument('--_child', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--_peak', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
@@ -297,7 +311,8 @@ def main():
                              '--distribute.cpu_devices', '2'], calls)
     result['distribute'] = {
         'none_update_s': one['update_s'], 'mirrored2_update_s': two['update_s'],
-        'none_compile_s': one['compile_s'], 'mirrored2_compile_s': two['compile_s'],
+        'none_compile_s': one['compile_s'],
+        'mirrored2_compile_s': two['compile_s'],
         'mirrored2_over_none': round(two['update_s'] / one['update_s'], 3)}
     result['machine'] = machine()
     print(json.dumps(result))
@@ -307,11 +322,13 @@ def main():
     # One factor at a time around batch 16, length 50, deter 600.
     for name, change in [
         ('batch8', {'dataset.batch': 8}), ('batch16', {}),
-        ('batch32', {'dataset.batch': 32}), ('length25', {'dataset.length': 25}),
+        ('batch32', {'dataset.batch': 32}),
+        ('length25', {'dataset.length': 25}),
         ('deter200', {'rssm.deter': 200, 'rssm.hidden': 200}),
         ('deter1024', {'rssm.deter': 1024, 'rssm.hidden': 1024})]:
       flags = {'dataset.batch': 16, 'dataset.length': 50, **change}
-      flags = [x for key, value in flags.items() for x in (f'--{key}', str(value))]
+      flags = [x for key, value in flags.items()
+               for x in (f'--{key}', str(value))]
       out = run_child(base + flags + extra, calls)
       sweep[name] = out['update_s']
     result['sweep_update_s'] = sweep
@@ -321,14 +338,16 @@ def main():
   result['peak_gflops'] = run_child(['--_peak'], 0, quick=args.quick)
   from common import config as configlib
   for precision in (16, 32):
-    out = run_child(base + size + extra + ['--precision', str(precision)], calls)
+    out = run_child(
+        base + size + extra + ['--precision', str(precision)], calls)
     result[f'precision{precision}'] = out
   result.update(floors(
       configlib.parse(base + size + extra), result['peak_gflops'],
       {p: result[f'precision{p}']['update_s'] for p in (16, 32)}))
   if not args.quick and args.batch != 50:
     # The atari config's own batch 50 x 50 beside it (fewer calls: 3x the work).
-    big = base + ['--dataset.batch', '50', '--dataset.length', str(args.length)] + extra
+    big = (base + ['--dataset.batch', '50', '--dataset.length',
+                   str(args.length)] + extra)
     batch50 = {p: run_child(big + ['--precision', str(p)], 3) for p in (16, 32)}
     fifty = floors(configlib.parse(big), result['peak_gflops'],
                    {p: batch50[p]['update_s'] for p in (16, 32)})
@@ -344,7 +363,8 @@ def main():
     # Prefill lasts at least one episode: a Pong game (~1000 steps) would
     # fill all quick steps and leave no training to time.
     loop_flags += ['--time_limit', '100']
-  result.update(measure_loop(loop_flags, loop_steps, 200 if args.quick else 1000))
+  result.update(
+      measure_loop(loop_flags, loop_steps, 200 if args.quick else 1000))
   replay = subprocess.run(
       [sys.executable, str(ROOT / 'bench' / 'replay_memory.py')] +
       (['--quick'] if args.quick else []), capture_output=True, text=True)

@@ -8,9 +8,11 @@ EXPL_BEHAVIORS = {
     'greedy': None, 'random': 'random', 'plan2explore': 'plan2explore',
     'model_loss': 'model_loss',
     # Spellings of the original release.
-    'Random': 'random', 'Plan2Explore': 'plan2explore', 'ModelLoss': 'model_loss',
+    'Random': 'random', 'Plan2Explore': 'plan2explore',
+    'ModelLoss': 'model_loss',
 }
-# actor_grad; 'auto' is reinforce for discrete and dynamics for continuous actions.
+# actor_grad; 'auto' is reinforce for discrete and dynamics for continuous
+# actions.
 ACTOR_GRADS = ('auto', 'reinforce', 'dynamics', 'both')
 # precision: 16 is bfloat16 on a CPU and float16 with loss scaling on a GPU.
 PRECISIONS = (16, 32)

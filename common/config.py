@@ -1,6 +1,7 @@
 """The configuration: named blocks of `configs.yaml` plus command-line flags.
 
-    python3 dreamerv2/train.py --configs defaults atari --task atari_pong --rssm.deter 600
+    python3 dreamerv2/train.py --configs defaults atari \\
+        --task atari_pong --rssm.deter 600
 
 `parse(argv)` starts from the `defaults` block, applies the blocks named by
 `--configs` left to right, then the `--key value` flags, and returns a `Config`.
@@ -19,11 +20,12 @@ Rules, in one place:
 - The type of every key is the type of its value in `defaults`. In YAML, an
   integral number written in e-notation without a point is an int (`steps: 1e8`,
   `capacity: 2e6`); write `1.0e3` for a float. Flag values are parsed to that
-  type: ints accept `1e6` or `2.5e5` if integral, floats accept ints, bools accept
-  True/False/true/false/1/0, strings take numbers as text (`actor_ent: 1e-3`
-  -> '0.001'), lists accept comma separated values (`64,64`, or
-  several words: `--grad_heads decoder reward`; `''` is the empty list), their
-  elements typed like the default's elements (strings for an empty default).
+  type: ints accept `1e6` or `2.5e5` if integral, floats accept ints, bools
+  accept True/False/true/false/1/0, strings take numbers as text
+  (`actor_ent: 1e-3` -> '0.001'), lists accept comma separated values
+  (`64,64`, or several words: `--grad_heads decoder reward`; `''` is the empty
+  list), their elements typed like the default's elements (strings for an
+  empty default).
 - Lists are stored as tuples, so a Config cannot be changed in place; they are
   saved as YAML lists.
 """
@@ -52,8 +54,8 @@ class Config(collections.abc.Mapping):
   """An immutable nested mapping of hyperparameters with attribute access.
 
   `config.rssm.deter == config['rssm']['deter']`; groups of keys come back as
-  Configs, leaves as int, float, bool, str or tuples of those. `update` returns a
-  new Config; nothing changes a Config in place. A key named like a method
+  Configs, leaves as int, float, bool, str or tuples of those. `update` returns
+  a new Config; nothing changes a Config in place. A key named like a method
   (`update`, `flat`, `get`, ...) is read with `config['key']`.
   """
 
@@ -135,7 +137,8 @@ def load_configs(path=CONFIGS_PATH):
   """Reads configs.yaml into {name: block}; blocks are plain nested dicts."""
   blocks = _yaml().load(pathlib.Path(path).read_text())
   if not isinstance(blocks, dict) or 'defaults' not in blocks:
-    raise ValueError(f"{path} must map config names to blocks, 'defaults' first")
+    raise ValueError(
+        f"{path} must map config names to blocks, 'defaults' first")
   for name, block in blocks.items():
     if not isinstance(block, (dict, type(None))):
       raise ValueError(f"{path}: config '{name}' must be a mapping of keys")
@@ -181,14 +184,16 @@ def _parse(argv, configs_path, prog):
   names = flags.pop('configs', ['defaults'])
   names = [name for value in names for name in value.split(',') if name]
   if not names:
-    raise _UsageError('--configs expects config names, e.g. --configs defaults atari')
+    raise _UsageError(
+        '--configs expects config names, e.g. --configs defaults atari')
   for index, name in enumerate(names):
     if name not in blocks:
       choices = ', '.join(blocks)
       raise _UsageError(f"unknown config '{name}' (choices: {choices})")
     if name == 'defaults' and index > 0:
       raise _UsageError(
-          "'defaults' must come first in --configs (it is always applied first)")
+          "'defaults' must come first in --configs "
+          "(it is always applied first)")
   names = [name for name in names if name != 'defaults']
   config = Config(blocks['defaults'])
   for name in names:
@@ -251,13 +256,15 @@ def _convert_flag(name, values, default):
 
 
 def _targets(key, flat):
-  """The dotted keys that `key` sets: itself, or those its regex fully matches."""
+  """The dotted keys that `key` sets: itself, or those its regex fully
+  matches."""
   if key in flat:
     return [key]
   group = [k for k in flat if k.startswith(key + '.')]
   if group:
     example = ', '.join(group[:3]) + (', ...' if len(group) > 3 else '')
-    raise ValueError(f'{key} is a group of keys ({example}); set them one by one')
+    raise ValueError(
+        f'{key} is a group of keys ({example}); set them one by one')
   try:
     pattern = re.compile(key)
   except re.error:
@@ -345,7 +352,8 @@ def _help(config, names, blocks, prog):
       'key, dotted for nested keys (--rssm.deter 600). Keys and values after',
       f"--configs {' '.join(names)}:",
       '',
-      'Schedules (actor_ent, actor_grad_mix) are a number or, over agent steps,',
+      ('Schedules (actor_ent, actor_grad_mix) are a number or, over agent '
+       'steps,'),
       'linear(initial,final,duration), warmup(duration,value),',
       'exp(initial,final,halflife), horizon(initial,final,duration).',
       '']
@@ -355,12 +363,14 @@ def _help(config, names, blocks, prog):
 
 
 def _print_help(text):
-  """Prints the help and exits 0, also when the reader has gone (`--help | head`)."""
+  """Prints the help and exits 0, also when the reader has gone
+  (`--help | head`)."""
   try:
     print(text)
     sys.stdout.flush()
   except BrokenPipeError:
-    # As Python's docs advise: stdout to devnull, so the flush at exit cannot fail.
+    # As Python's docs advise: stdout to devnull, so the flush at exit cannot
+    # fail.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   sys.exit(0)
 

@@ -32,7 +32,8 @@ class OneHot:
     self.probs = tf.nn.softmax(self.logits)
 
   def _straight_through(self, hard):
-    return tf.cast(hard + self.probs - tf.stop_gradient(self.probs), self._dtype)
+    return tf.cast(
+        hard + self.probs - tf.stop_gradient(self.probs), self._dtype)
 
   def sample(self):
     # Gumbel-max draws an exact categorical sample with one argmax.
@@ -76,7 +77,8 @@ class Gaussian:
 
   def log_prob(self, value):
     z = (tf.cast(value, tf.float32) - self.mean_) / self.std
-    logp = -0.5 * tf.square(z) - tf.math.log(self.std) - 0.5 * math.log(2 * math.pi)
+    logp = (-0.5 * tf.square(z) - tf.math.log(self.std)
+            - 0.5 * math.log(2 * math.pi))
     return _sum_last(logp, self.dims)
 
   def entropy(self):
@@ -149,7 +151,9 @@ class Uniform:
 
   def log_prob(self, value):
     n = self._shape[-1]
-    return tf.fill(self._shape[:-1], -math.log(n) if self._discrete else -n * math.log(2.0))
+    return tf.fill(
+        self._shape[:-1],
+        -math.log(n) if self._discrete else -n * math.log(2.0))
 
   def entropy(self):
     return -self.log_prob(None)

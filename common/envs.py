@@ -143,7 +143,8 @@ def _unknown(kind, name, task, known):
   """UnknownTask naming the bad name, close matches as task names, and all."""
   suite = task.split('_')[0]
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-  hint = f" Close matches: {', '.join(f'{suite}_{c}' for c in close)}." if close else ''
+  hint = (f" Close matches: {', '.join(f'{suite}_{c}' for c in close)}."
+          if close else '')
   return UnknownTask(
       f"Unknown {kind} '{name}' in task '{task}'.{hint} "
       f"Known: {', '.join(sorted(known))}.")
@@ -188,7 +189,8 @@ def minigrid_env_id(name):
   by_key = {normalise(id_): id_ for id_ in ids}
   if normalise(name) in by_key:
     return by_key[normalise(name)]
-  known = []  # In the tasks' snake case: 'MiniGrid-DoorKey-5x5-v0' -> 'door_key_5x5'.
+  # In the tasks' snake case: 'MiniGrid-DoorKey-5x5-v0' -> 'door_key_5x5'.
+  known = []
   for id_ in ids:
     words = re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', id_[len('MiniGrid-'):])
     known.append(words.replace('-', '_').lower().removesuffix('_v0'))
@@ -326,7 +328,8 @@ class Atari:
 class DMC:
   """DeepMind Control Suite from pixels: 'image' plus the proprio vectors."""
 
-  def __init__(self, name, action_repeat=1, size=(64, 64), camera=-1, seed=None):
+  def __init__(
+      self, name, action_repeat=1, size=(64, 64), camera=-1, seed=None):
     _require('dm_control', 'dm-control')
     os.environ.setdefault('MUJOCO_GL', 'egl')
     from dm_control import suite
@@ -461,7 +464,8 @@ class GymWrapper:
       self._converters = {
           key: self._converter(key, value) for key, value in space.items()}
     else:
-      self._obs_key = obs_key or ('image' if self._is_image(space) else 'vector')
+      self._obs_key = obs_key or (
+          'image' if self._is_image(space) else 'vector')
       self._converters = {self._obs_key: self._converter(self._obs_key, space)}
     reserved = set(_base_spaces()) & set(self._converters)
     if reserved:
@@ -488,7 +492,8 @@ class GymWrapper:
     if isinstance(action, gymnasium.spaces.Discrete):
       return {self._act_key: gymnasium.spaces.Discrete(int(action.n))}
     low, high = action.low.astype(np.float32), action.high.astype(np.float32)
-    return {self._act_key: gymnasium.spaces.Box(low, high, action.shape, np.float32)}
+    return {self._act_key: gymnasium.spaces.Box(
+        low, high, action.shape, np.float32)}
 
   def reset(self):
     obs, _ = self._env.reset(seed=self._seed)
@@ -518,10 +523,12 @@ class GymWrapper:
     """(interface space, function from a raw observation) for one key."""
     if self._is_image(space):
       shape = space.shape if len(space.shape) == 3 else space.shape + (1,)
-      return _image_space(shape), lambda x: np.asarray(x, np.uint8).reshape(shape)
+      return (_image_space(shape),
+              lambda x: np.asarray(x, np.uint8).reshape(shape))
     if isinstance(space, gymnasium.spaces.Box) and len(space.shape) <= 1:
       size = int(np.prod(space.shape))
-      return _vector_space(size), lambda x: np.asarray(x, np.float32).reshape(size)
+      return (_vector_space(size),
+              lambda x: np.asarray(x, np.float32).reshape(size))
     raise UnsupportedSpace(
         f"Unsupported observation space for '{key}': {space}. Supported "
         f"{self.SUPPORTED}.")
@@ -529,7 +536,8 @@ class GymWrapper:
   def _observe(self, obs, reward, first, last, terminal):
     if self._obs_key:
       obs = {self._obs_key: obs}
-    obs = {key: convert(obs[key]) for key, (_, convert) in self._converters.items()}
+    obs = {key: convert(obs[key])
+           for key, (_, convert) in self._converters.items()}
     return _obs(reward, first, last, terminal, **obs)
 
 
@@ -589,7 +597,8 @@ class TimeLimit:
 
   def step(self, action):
     if self._step is None:
-      raise RuntimeError('Call reset() before step() (and after an episode ends).')
+      raise RuntimeError(
+          'Call reset() before step() (and after an episode ends).')
     obs = self._env.step(action)
     self._step += 1
     if self._duration and self._step >= self._duration:
@@ -605,7 +614,8 @@ class NormalizeAction:
   def __init__(self, env, key='action'):
     space = env.act_space[key]
     if not isinstance(space, gymnasium.spaces.Box):
-      raise UnsupportedSpace(f'NormalizeAction needs a Box action, got {space}.')
+      raise UnsupportedSpace(
+          f'NormalizeAction needs a Box action, got {space}.')
     self._env = env
     self._key = key
     self._mask = np.isfinite(space.low) & np.isfinite(space.high)
@@ -635,7 +645,8 @@ class OneHotAction:
   def __init__(self, env, key='action'):
     space = env.act_space[key]
     if not isinstance(space, gymnasium.spaces.Discrete):
-      raise UnsupportedSpace(f'OneHotAction needs a Discrete action, got {space}.')
+      raise UnsupportedSpace(
+          f'OneHotAction needs a Discrete action, got {space}.')
     self._env = env
     self._key = key
     self._space = OneHotBox(int(space.n))
@@ -756,7 +767,8 @@ class Parallel:
   def __init__(self, ctor, strategy='process', name='env'):
     if strategy not in PARALLEL:
       raise ValueError(
-          f"Unknown parallel strategy '{strategy}': use none, thread or process.")
+          f"Unknown parallel strategy '{strategy}': use none, thread or "
+          'process.')
     self.name = name  # In errors: e.g. 'atari_pong train env 0'.
     self._strategy = strategy
     self._env = None
@@ -843,8 +855,10 @@ class Parallel:
   def _crashed(self):
     self._process.join(1)
     code = self._process.exitcode
-    how = f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'
-    return EnvCrashed(f'the process of {self.name} (pid {self._process.pid}) died ({how})')
+    how = (f'signal {-code}' if code is not None and code < 0
+           else f'exit code {code}')
+    return EnvCrashed(
+        f'the process of {self.name} (pid {self._process.pid}) died ({how})')
 
 
 def _run(env, name, args):

@@ -39,7 +39,8 @@ class Logger:
     self._step = step  # Read with int(); agent steps.
     self._outputs = outputs
     self._multiplier = multiplier  # Agent steps -> env frames (action repeat).
-    self._values = {}  # name -> normalised value; a name added twice keeps the last.
+    # name -> normalised value; a name added twice keeps the last.
+    self._values = {}
     self._last_fps = None  # (frames, time) of the previous write(fps=True).
 
   @property
@@ -117,7 +118,8 @@ class TerminalOutput:
   """Prints one progress line per write: scalars whose name `pattern` finds."""
 
   def __init__(self, total_steps=None, pattern=r'.*'):
-    self._total = int(float(total_steps)) if total_steps else None  # Env frames.
+    # Env frames.
+    self._total = int(float(total_steps)) if total_steps else None
     self._pattern = re.compile(pattern)
 
   def __call__(self, step, summaries):

@@ -74,7 +74,8 @@ def _bias_add_sum_grad(x, bias):
 
 
 def add_bias(x, bias):
-  """x + bias over the last axis, with a bias gradient that is right in bfloat16.
+  """x + bias over the last axis, with a bias gradient that is right in
+  bfloat16.
 
   TensorFlow's CPU gradient of `bias_add` (BiasAddGrad) accumulates bfloat16
   in bfloat16, which stalls once the running sum is large: over one
@@ -132,7 +133,8 @@ class Conv(tf.Module):
     super().__init__(name=name)
     fan_in, fan_out = kernel * kernel * inp, kernel * kernel * out
     # conv2d_transpose kernels are [k, k, out, in].
-    shape = [kernel, kernel, out, inp] if transpose else [kernel, kernel, inp, out]
+    shape = ([kernel, kernel, out, inp] if transpose
+             else [kernel, kernel, inp, out])
     self.kernel = tf.Variable(_glorot(shape, fan_in, fan_out), name='kernel')
     self.bias = tf.Variable(tf.zeros([out]), name='bias')
     self._kernel, self._stride, self._transpose, self._out = (
@@ -147,8 +149,10 @@ class Conv(tf.Module):
       # for this case is ~10x slower than the equivalent matmul.
       inp = kernel.shape[-1]
       kernel = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [inp, -1])
-      y = tf.reshape(tf.matmul(tf.reshape(x, [-1, inp]), kernel), [-1, k, k, self._out])
-    elif self._transpose and self._stride == 2 and k % 2 == 0 and self._out <= 4:
+      y = tf.reshape(tf.matmul(tf.reshape(x, [-1, inp]), kernel),
+                     [-1, k, k, self._out])
+    elif (self._transpose and self._stride == 2 and k % 2 == 0
+          and self._out <= 4):
       # The decoder's last layer (1 or 3 channels), where TF's CPU kernel
       # runs at a tenth of its usual rate: see `_transpose_by_phases`.
       y = _transpose_by_phases(x, kernel)
@@ -156,10 +160,12 @@ class Conv(tf.Module):
       size = lambda n: (n - 1) * self._stride + k
       out_shape = [tf.shape(x)[0], size(height), size(width), self._out]
       y = tf.nn.conv2d_transpose(x, kernel, out_shape, self._stride, 'VALID')
-    elif (height - k) // self._stride + 1 <= 2 and (width - k) // self._stride + 1 <= 2:
+    elif ((height - k) // self._stride + 1 <= 2
+          and (width - k) // self._stride + 1 <= 2):
       # A conv with at most 2x2 outputs is a matmul over its input patches
       # (TF's bfloat16 filter gradient is slow on such small maps).
-      rows, cols = (height - k) // self._stride + 1, (width - k) // self._stride + 1
+      rows, cols = ((height - k) // self._stride + 1,
+                    (width - k) // self._stride + 1)
       s = self._stride
       patches = tf.stack([x[:, i * s:i * s + k, j * s:j * s + k]
                           for i in range(rows) for j in range(cols)], 1)
@@ -186,7 +192,8 @@ def _transpose_by_phases(x, kernel):
   m = k // 2
   taps = tf.reshape(kernel, [m, 2, m, 2, out, inp])         # [p, a, q, b, o, c]
   taps = tf.reverse(taps, [0, 2])
-  taps = tf.reshape(tf.transpose(taps, [0, 2, 5, 1, 3, 4]), [m, m, inp, 4 * out])
+  taps = tf.reshape(
+      tf.transpose(taps, [0, 2, 5, 1, 3, 4]), [m, m, inp, 4 * out])
   padded = tf.pad(x, [[0, 0], [m - 1, m - 1], [m - 1, m - 1], [0, 0]])
   y = tf.nn.depth_to_space(tf.nn.conv2d(padded, taps, 1, 'VALID'), 2)
 
@@ -205,7 +212,8 @@ class LayerNorm(tf.Module):
   def __init__(self, size, eps=1e-3, trainable=True, name=None):
     super().__init__(name=name)
     self.scale = tf.Variable(tf.ones([size]), trainable=trainable, name='scale')
-    self.offset = tf.Variable(tf.zeros([size]), trainable=trainable, name='offset')
+    self.offset = tf.Variable(
+        tf.zeros([size]), trainable=trainable, name='offset')
     self._eps = eps
 
   def __call__(self, x):
@@ -227,7 +235,8 @@ def Norm(kind, size, trainable=True):
 class DenseStack(tf.Module):
   """Dense -> norm -> activation, `len(units)` times."""
 
-  def __init__(self, inp, units, act='elu', norm='none', trainable=True, name=None):
+  def __init__(
+      self, inp, units, act='elu', norm='none', trainable=True, name=None):
     super().__init__(name=name)
     self.layers, self.norms = [], []
     for width in units:
@@ -381,7 +390,8 @@ class Decoder(tf.Module):
       depth_in, size = 32 * cnn_depth, 1
       for i, kernel in enumerate(cnn_kernels):
         last = i == len(cnn_kernels) - 1
-        depth = channels if last else 2 ** (len(cnn_kernels) - i - 2) * cnn_depth
+        depth = (channels if last
+                 else 2 ** (len(cnn_kernels) - i - 2) * cnn_depth)
         self.convs.append(Conv(depth_in, depth, kernel, 2, transpose=True))
         self.conv_norms.append(None if last else Norm(norm, depth))
         depth_in, size = depth, (size - 1) * 2 + kernel
@@ -392,7 +402,8 @@ class Decoder(tf.Module):
             f'but the observation is {want[0]}x{want[1]} (use 64x64 images)')
     if self.mlp_keys:
       self.mlp = DenseStack(inp, mlp_layers, act, norm)
-      self.mlp_heads = {k: DistHead(self.mlp.size, shapes[k]) for k in self.mlp_keys}
+      self.mlp_heads = {
+          k: DistHead(self.mlp.size, shapes[k]) for k in self.mlp_keys}
 
   def __call__(self, features):
     """features [..., F] -> dict key -> distribution over [..., *shape]."""
@@ -430,7 +441,8 @@ class GRUCell(tf.Module):
 
   def __call__(self, x, state):
     """x [B, inp], state [B, size] float32 -> new state float32."""
-    parts = tf.matmul(tf.concat([cast(x), cast(state)], -1), cast(self.dense.kernel))
+    parts = tf.matmul(
+        tf.concat([cast(x), cast(state)], -1), cast(self.dense.kernel))
     parts = self.norm(tf.cast(parts, tf.float32))
     reset, cand, update = tf.split(parts, 3, -1)
     reset = tf.sigmoid(reset)
@@ -482,8 +494,10 @@ class RSSM(tf.Module):
   def initial(self, batch):
     state = {'deter': tf.zeros([batch, self._deter], tf.float32)}
     if self._discrete:
-      state['logit'] = tf.zeros([batch, self._stoch, self._discrete], tf.float32)
-      state['stoch'] = tf.zeros([batch, self._stoch, self._discrete], compute_dtype())
+      state['logit'] = tf.zeros(
+          [batch, self._stoch, self._discrete], tf.float32)
+      state['stoch'] = tf.zeros(
+          [batch, self._stoch, self._discrete], compute_dtype())
     else:
       state['mean'] = tf.zeros([batch, self._stoch], tf.float32)
       state['std'] = tf.zeros([batch, self._stoch], tf.float32)
@@ -492,7 +506,8 @@ class RSSM(tf.Module):
 
   def get_feat(self, state):
     stoch = cast(state['stoch'])
-    shape = tf.concat([tf.shape(stoch)[:-2 if self._discrete else -1], [self.stoch_size]], 0)
+    shape = tf.concat(
+        [tf.shape(stoch)[:-2 if self._discrete else -1], [self.stoch_size]], 0)
     return tf.concat([tf.reshape(stoch, shape), cast(state['deter'])], -1)
 
   def get_dist(self, state):
@@ -528,7 +543,8 @@ class RSSM(tf.Module):
 
   def _recurrent(self, prev_state, prev_action):
     """h_t = GRU(act(norm(Dense(concat(z_{t-1}, a_{t-1})))), h_{t-1})."""
-    x = tf.concat([cast(self._flat(prev_state['stoch'])), cast(prev_action)], -1)
+    x = tf.concat(
+        [cast(self._flat(prev_state['stoch'])), cast(prev_action)], -1)
     x = self._hidden(self.img_in(x), self.img_in_norm)
     return self.cell(x, prev_state['deter'])
 
@@ -542,7 +558,8 @@ class RSSM(tf.Module):
     members = [stats] + [
         self._stats(self._hidden(out(deter), norm), dist)
         for out, norm, dist in self.img_members]
-    stacked = {k: tf.stack([m[k] for m in members], 0) for k in stats}  # [K, ...]
+    # [K, ...]
+    stacked = {k: tf.stack([m[k] for m in members], 0) for k in stats}
     if steps is None:
       index = tf.random.uniform((), 0, self._ensemble, tf.int32)
       return {k: v[index] for k, v in stacked.items()}
@@ -606,7 +623,8 @@ class RSSM(tf.Module):
     for t in range(length):
       mask = keeps[t][:, None]
       stoch, deter = stoch * cast(mask), deter * mask
-      x = self._hidden(tf.matmul(stoch, stoch_in) + act_ins[t], self.img_in_norm)
+      x = self._hidden(
+          tf.matmul(stoch, stoch_in) + act_ins[t], self.img_in_norm)
       deter = self.cell(x, deter)
       x = tf.matmul(cast(deter), deter_out) + embed_outs[t]
       stats = self._stats(self._hidden(x, self.obs_out_norm), self.obs_dist)
@@ -662,7 +680,8 @@ def _free_nats(mean, free):
   context = tf.distribute.get_replica_context()
   if context is None or context.num_replicas_in_sync == 1:
     return tf.maximum(mean, free)
-  whole = context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stop_gradient(mean))
+  whole = context.all_reduce(
+      tf.distribute.ReduceOp.MEAN, tf.stop_gradient(mean))
   above = tf.cast(whole > free, mean.dtype)
   return above * mean + (1 - above) * free
 
@@ -671,5 +690,6 @@ def _mask(structure, is_first):
   keep = 1.0 - tf.cast(is_first, tf.float32)
   def apply(x):
     k = tf.cast(keep, x.dtype)
-    return x * tf.reshape(k, tf.concat([tf.shape(k), tf.ones([x.shape.rank - 1], tf.int32)], 0))
+    return x * tf.reshape(k, tf.concat(
+        [tf.shape(k), tf.ones([x.shape.rank - 1], tf.int32)], 0))
   return tf.nest.map_structure(apply, structure)

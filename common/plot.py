@@ -156,7 +156,8 @@ def load_runs(indirs, xkey, yaxis, tasks=None, methods=None):
 
 
 def load_scores(filename):
-  """Curves from a published score file: a list of {task, method, seed, xs, ys}."""
+  """Curves from a published score file: a list of
+  {task, method, seed, xs, ys}."""
   try:
     curves = json.loads(pathlib.Path(filename).expanduser().read_text())
   except OSError as error:
@@ -183,7 +184,8 @@ def load_scores(filename):
 
 
 def load_reference(filename):
-  """Per task {random, human_gamer, human_record}, as in scores/baselines.json."""
+  """Per task {random, human_gamer, human_record}, as in
+  scores/baselines.json."""
   try:
     reference = json.loads(pathlib.Path(filename).expanduser().read_text())
   except OSError as error:
@@ -244,7 +246,8 @@ def aggregate(curves, agg):
 
 
 def parse_agg(agg):
-  """'std1' -> ('std', 1.0), 'per25' -> ('per', 25.0), 'none' -> (None, None)."""
+  """'std1' -> ('std', 1.0), 'per25' -> ('per', 25.0),
+  'none' -> (None, None)."""
   if agg == 'none':
     return None, None
   match = re.fullmatch(r'(std|per)(\d+(?:\.\d*)?)', agg)
@@ -261,7 +264,7 @@ def group(curves):
   return groups
 
 
-# Normalised scores -------------------------------------------------------------
+# Normalised scores -----------------------------------------------------------
 
 def final_scores(curves):
   """{(task, method): mean over seeds of each seed's last point}."""
@@ -430,7 +433,8 @@ def compare(runs, published, at=None, bins=None):
 
 def compare_table(result):
   header = (f"{'task':<24} {'method':<20} {'frames':>8} {'runs':>9} "
-            f"{'pub median':>10} {'pub min':>9} {'pub max':>9} {'rank':>6}  verdict")
+            f"{'pub median':>10} {'pub min':>9} {'pub max':>9} "
+            f"{'rank':>6}  verdict")
   lines = [header]
   for row in result['rows']:
     for point in row['points']:
@@ -439,7 +443,8 @@ def compare_table(result):
           f"{row['task']:<24} {row['method']:<20} {point['frames']:>8.3g} "
           f"{point['runs_mean']:>9.1f} {published['median']:>10.1f} "
           f"{published['min']:>9.1f} {published['max']:>9.1f} "
-          f"{point['rank']:>3}/{point['published_seeds']:<2}  {point['verdict']}")
+          f"{point['rank']:>3}/{point['published_seeds']:<2}  "
+          f"{point['verdict']}")
   for task in result['unpublished']:
     lines.append(f'{task:<24} no published curve')
   for task, method, reason in result['short']:
@@ -509,7 +514,8 @@ def plot(curves, tasks, methods, args, stats=None):
       left=0.75 / fig_width, right=1 - 0.2 / fig_width,
       bottom=(legend_height + 0.5) / fig_height, top=1 - 0.3 / fig_height,
       wspace=0.8 / (width - 0.8), hspace=0.85 / (height - 0.85))
-  filenames = [args.outdir / f'{args.name}.png', args.outdir / f'{args.name}.pdf']
+  filenames = [args.outdir / f'{args.name}.png',
+               args.outdir / f'{args.name}.pdf']
   for filename in filenames:
     fig.savefig(filename, dpi=110)
   plt.close(fig)
@@ -561,15 +567,18 @@ def run(args):
                      args.methods)
   for filename in args.indir or []:
     if filename.suffix == '.json':  # A score file of runs, as plot.py writes.
-      runs += [c for c in load_scores(filename) if selected(c['task'], args.tasks)
+      runs += [c for c in load_scores(filename)
+               if selected(c['task'], args.tasks)
                and selected(c['method'], args.methods)]
   if args.indir and not runs:
     raise PlotError('No runs left after --tasks / --methods.')
   comparison = None
   if args.compare:
     if not runs:
-      raise PlotError('--compare needs runs: give --indir (logdirs or a score file).')
-    comparison = compare(runs, load_scores(args.compare), args.compare_at, args.bins)
+      raise PlotError(
+          '--compare needs runs: give --indir (logdirs or a score file).')
+    comparison = compare(
+        runs, load_scores(args.compare), args.compare_at, args.bins)
     if not comparison['rows']:
       raise PlotError('--compare: no run could be compared with '
                       f'{args.compare}:\n{compare_table(comparison)}')
@@ -600,11 +609,13 @@ def run(args):
       xs, ys = bin_curve(xs, ys, args.bins)
       curves.append({**curve, 'xs': xs, 'ys': ys})
   if not curves:
-    raise PlotError('No points left to plot (check --tasks, --methods, --xlim).')
+    raise PlotError(
+        'No points left to plot (check --tasks, --methods, --xlim).')
   curves.sort(key=lambda c: (c['task'], c['method'], seed_order(c['seed'])))
   tasks = sorted({c['task'] for c in curves})
   methods = list(dict.fromkeys(
-      sorted({c['method'] for c in runs}) + sorted({c['method'] for c in baselines})))
+      sorted({c['method'] for c in runs})
+      + sorted({c['method'] for c in baselines})))
   methods = [m for m in methods if any(c['method'] == m for c in curves)]
 
   stats = None
@@ -664,9 +675,11 @@ def parse_args(argv):
   parser.add_argument('--xaxis', default='step',
                       help='metric on the x axis (default: step, env frames)')
   parser.add_argument('--yaxis', type=regex, default='eval_return',
-                      help='metric on the y axis, a regex (default: eval_return)')
+                      help='metric on the y axis, a regex '
+                           '(default: eval_return)')
   parser.add_argument('--bins', type=parse_bins, default=None,
-                      help='bin width on the x axis, e.g. 1e6; 0 or none: no binning')
+                      help='bin width on the x axis, e.g. 1e6; 0 or none: '
+                           'no binning')
   parser.add_argument('--xlim', nargs=2, type=float, metavar=('LOW', 'HIGH'))
   parser.add_argument('--ylim', nargs=2, type=float, metavar=('LOW', 'HIGH'))
   parser.add_argument('--tasks', nargs='+', type=regex, metavar='REGEX',
@@ -683,7 +696,8 @@ def parse_args(argv):
                       help='inches per panel (default: 4 3)')
   parser.add_argument(
       '--baselines', nargs='+', metavar='FILE',
-      help='score files ({task, method, seed, xs, ys} lists) drawn beside the runs')
+      help='score files ({task, method, seed, xs, ys} lists) drawn beside '
+           'the runs')
   parser.add_argument(
       '--compare', type=pathlib.Path, metavar='FILE',
       help='a published score file: print and write (<name>_compare.json) '

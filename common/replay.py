@@ -1,4 +1,5 @@
-"""Episode replay: stores finished episodes on disk and in memory, serves chunks.
+"""Episode replay: stores finished episodes on disk and in memory, serves
+chunks.
 
 An episode is a dict of numpy arrays stacked over time with T+1 steps (the
 first step is the reset observation, its action is zeros). Its length, as in
@@ -225,7 +226,8 @@ class Replay:
     return episodes
 
   def _sample_sequences(self, episodes, needed):
-    """Draws sequences as the original: returns (episode, is_new, start, stop)."""
+    """Draws sequences as the original: returns
+    (episode, is_new, start, stop)."""
     count = max(1, -(-needed // self._minlen))  # Enough even if all are short.
     which = self._rng.integers(len(episodes), size=count)
     total = np.array([steps for _, steps in episodes])[which]
@@ -278,7 +280,8 @@ class Replay:
 
 
 def save_episode(directory, episode):
-  """Writes a compressed .npz atomically (temp name, then rename); returns path."""
+  """Writes a compressed .npz atomically (temp name, then rename); returns
+  path."""
   directory = pathlib.Path(directory).expanduser()
   timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S%f')
   identifier = uuid.uuid4().hex
@@ -337,7 +340,8 @@ def _read_episode(filename, length):
 
 
 def convert(value):
-  """Stacks steps and casts to the stored dtypes (float32, int32, uint8, bool)."""
+  """Stacks steps and casts to the stored dtypes
+  (float32, int32, uint8, bool)."""
   value = np.asarray(value)
   if np.issubdtype(value.dtype, np.floating):
     return value.astype(np.float32, copy=False)

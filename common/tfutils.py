@@ -23,7 +23,8 @@ class Optimizer(tf.Module):
   """
 
   # The optimized variables belong to their modules: not tracked here again.
-  _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {'params'}
+  _TF_MODULE_IGNORED_PROPERTIES = (
+      tf.Module._TF_MODULE_IGNORED_PROPERTIES | {'params'})
 
   def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=None,
                opt='adam', wd_pattern=r'.*', beta1=0.9, beta2=0.999):
@@ -37,12 +38,15 @@ class Optimizer(tf.Module):
     self._decay = [bool(wd) and bool(re.search(wd_pattern, f'{name}/{v.name}'))
                    for v in self.params]
     with tf.name_scope(name):
-      self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.params]
-      self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.params]
+      self.m = [tf.Variable(tf.zeros_like(v), trainable=False)
+                for v in self.params]
+      self.v = [tf.Variable(tf.zeros_like(v), trainable=False)
+                for v in self.params]
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
     self._scaling = nets.compute_dtype() == tf.float16
-    self.loss_scale = tf.Variable(2.0 ** 15 if self._scaling else 1.0, trainable=False)
+    self.loss_scale = tf.Variable(
+        2.0 ** 15 if self._scaling else 1.0, trainable=False)
     self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
 
   @property
@@ -104,8 +108,10 @@ class Optimizer(tf.Module):
     def grow():
       assign_add(self.good_steps, 1)
       double = self.good_steps >= 2000
-      assign(self.loss_scale, tf.where(double, self.loss_scale * 2, self.loss_scale))
-      assign(self.good_steps, tf.where(double, tf.constant(0, tf.int64), self.good_steps))
+      assign(self.loss_scale,
+             tf.where(double, self.loss_scale * 2, self.loss_scale))
+      assign(self.good_steps,
+             tf.where(double, tf.constant(0, tf.int64), self.good_steps))
       return tf.constant(True)
     def shrink():
       assign(self.loss_scale, tf.maximum(self.loss_scale / 2, 1.0))
@@ -145,18 +151,21 @@ def batch_std(x):
   if replicas() == 1:
     return tf.math.reduce_std(x)
   x = tf.cast(x, tf.float32)
-  mean, square = all_reduce_mean([tf.reduce_mean(x), tf.reduce_mean(tf.square(x))])
+  mean, square = all_reduce_mean(
+      [tf.reduce_mean(x), tf.reduce_mean(tf.square(x))])
   return tf.sqrt(tf.maximum(square - tf.square(mean), 0.0))
 
 
 def assign(var, value):
   """var = value; in a replica context each replica writes its own copy
   (where a MirroredVariable's assign would want a cross-replica merge)."""
-  tf.raw_ops.AssignVariableOp(resource=var.handle, value=tf.cast(value, var.dtype))
+  tf.raw_ops.AssignVariableOp(
+      resource=var.handle, value=tf.cast(value, var.dtype))
 
 
 def assign_add(var, value):
-  tf.raw_ops.AssignAddVariableOp(resource=var.handle, value=tf.cast(value, var.dtype))
+  tf.raw_ops.AssignAddVariableOp(
+      resource=var.handle, value=tf.cast(value, var.dtype))
 
 
 _STRATEGY = {}
@@ -182,9 +191,9 @@ def strategy(strategy='none', cpu_devices=0):
     except RuntimeError:
       if len(tf.config.list_logical_devices('CPU')) != cpu_devices:
         raise ValueError(
-            f'distribute.cpu_devices {cpu_devices}: TensorFlow already runs with '
-            f'{len(tf.config.list_logical_devices("CPU"))} CPU device(s); set it '
-            'up before anything else uses TensorFlow') from None
+            f'distribute.cpu_devices {cpu_devices}: TensorFlow already runs '
+            f'with {len(tf.config.list_logical_devices("CPU"))} CPU device(s); '
+            'set it up before anything else uses TensorFlow') from None
     devices = [f'/cpu:{i}' for i in range(cpu_devices)]
   if kind == 'mirrored':
     result = tf.distribute.MirroredStrategy(devices)
@@ -201,7 +210,8 @@ def is_chief(strategy):
   """Whether this process collects experience, logs and saves: always
   without multi-worker training, else the chief (or worker 0) of TF_CONFIG."""
   resolver = getattr(strategy, 'cluster_resolver', None)
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not resolver:
+  if (not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+      or not resolver):
     return True
   kind, index = resolver.task_type, resolver.task_id
   return kind in (None, 'chief') or (kind == 'worker' and index == 0 and not (
@@ -231,8 +241,10 @@ def schedule(string):
   except ValueError:
     args = None
   if args is None or len(args) != {'warmup': 2}.get(kind, 3):
-    example = {'linear': 'linear(3e-3,3e-4,2.5e6)', 'warmup': 'warmup(1e4,1e-3)',
-               'exp': 'exp(1e-2,1e-3,1e5)', 'horizon': 'horizon(10,100,1e6)'}[kind]
+    example = {'linear': 'linear(3e-3,3e-4,2.5e6)',
+               'warmup': 'warmup(1e4,1e-3)',
+               'exp': 'exp(1e-2,1e-3,1e5)',
+               'horizon': 'horizon(10,100,1e6)'}[kind]
     raise ValueError(
         f'bad schedule {string!r}: {kind} takes '
         f'{ {"warmup": 2}.get(kind, 3)} numbers, e.g. {example}')
@@ -240,16 +252,21 @@ def schedule(string):
     return tf.clip_by_value(tf.cast(step, tf.float32) / duration, 0, 1)
   if kind == 'linear':
     initial, final, duration = args
-    return lambda step: (1 - fraction(step, duration)) * initial + fraction(step, duration) * final
+    return lambda step: (
+        (1 - fraction(step, duration)) * initial
+        + fraction(step, duration) * final)
   if kind == 'warmup':
     duration, value = args  # The original's order: warmup(duration, value).
     return lambda step: fraction(step, duration) * value
   if kind == 'exp':
     initial, final, halflife = args
-    return lambda step: (initial - final) * 0.5 ** (tf.cast(step, tf.float32) / halflife) + final
+    return lambda step: (
+        (initial - final) * 0.5 ** (tf.cast(step, tf.float32) / halflife)
+        + final)
   initial, final, duration = args
   def horizon(step):
-    h = (1 - fraction(step, duration)) * initial + fraction(step, duration) * final
+    h = ((1 - fraction(step, duration)) * initial
+         + fraction(step, duration) * final)
     return 1 - 1 / h
   return horizon
 
@@ -287,7 +304,8 @@ class StreamNorm(tf.Module):
 
 
 def named_variables(module):
-  """All variables of a module as {attribute path: variable}, in a fixed order."""
+  """All variables of a module as {attribute path: variable}, in a fixed
+  order."""
   flat = module._flatten(
       predicate=lambda v: isinstance(v, tf.Variable), with_path=True)
   named, seen = {}, set()
@@ -312,7 +330,8 @@ class CheckpointMismatch(ValueError):
   """A checkpoint of a model with other variables or sizes."""
 
 
-# Reading the file needs no TensorFlow (eval.py reads a checkpoint's step first).
+# Reading the file needs no TensorFlow (eval.py reads a checkpoint's step
+# first).
 CheckpointUnreadable = utils.CheckpointUnreadable
 read_checkpoint = utils.read_checkpoint
 

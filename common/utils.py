@@ -91,9 +91,11 @@ def disk_full(path, needed, at_least=False):
   except OSError:
     free = None
   need = f'{"at least " if at_least else ""}{format_bytes(needed)}'
-  have = f'{format_bytes(free)} free' if free is not None else 'free space unknown'
+  have = (f'{format_bytes(free)} free' if free is not None
+          else 'free space unknown')
   return DiskFull(
-      errno.ENOSPC, f'no space left on device to write {path}: it needs {need}, '
+      errno.ENOSPC,
+      f'no space left on device to write {path}: it needs {need}, '
       f'{have} on that filesystem')
 
 
@@ -121,7 +123,8 @@ def read_checkpoint(path):
     raise CheckpointUnreadable(f'cannot read {path}: {e.strerror}') from None
   except Exception as e:  # A truncated or foreign file: any unpickling error.
     raise CheckpointUnreadable(
-        f'{path} is not a complete checkpoint ({type(e).__name__}: {e})') from None
+        f'{path} is not a complete checkpoint '
+        f'({type(e).__name__}: {e})') from None
   if not isinstance(values, dict):
     raise CheckpointUnreadable(f'{path} does not hold a checkpoint')
   return values

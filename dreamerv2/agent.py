@@ -45,9 +45,11 @@ class Agent(tf.Module):
     self.act_space = act_space['action']
     self.discrete = bool(getattr(self.act_space, 'discrete', False))
     self.tfstep = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self.wm = WorldModel(config, obs_space, self.act_space.shape[0], self.tfstep)
+    self.wm = WorldModel(
+        config, obs_space, self.act_space.shape[0], self.tfstep)
     self._task_behavior = ActorCritic(
-        config, self.act_space.shape[0], self.discrete, self.wm.feat_size, self.tfstep)
+        config, self.act_space.shape[0], self.discrete, self.wm.feat_size,
+        self.tfstep)
     behavior = choices.EXPL_BEHAVIORS[config.expl_behavior]
     if behavior is None:
       self._expl_behavior = None  # The task actor explores.
@@ -57,7 +59,8 @@ class Agent(tf.Module):
           'model_loss': expl.ModelLoss,
       }[behavior](config, self.act_space.shape[0], self.discrete, self.wm,
                   self.tfstep, self._task_reward)
-    self._obs_keys = sorted(set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
+    self._obs_keys = sorted(
+        set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
     self._update = self._train  # Unwrapped: strategy.run traces it itself.
     if config.jit:
       # No autograph: the loops are over Python ranges and branches use tf.cond,
@@ -80,7 +83,8 @@ class Agent(tf.Module):
     mode: 'train' (sample), 'eval' (actor mode), 'explore' (exploration actor).
     Returns ({'action': [N, A]}, state)."""
     if mode not in ('train', 'eval', 'explore'):
-      raise ValueError(f'policy mode must be train, eval or explore, got {mode!r}')
+      raise ValueError(
+          f'policy mode must be train, eval or explore, got {mode!r}')
     obs = {k: obs[k] for k in self._obs_keys + ['is_first']}
     if state is None:
       state = self.initial_state(len(obs['is_first']))
@@ -138,7 +142,8 @@ class Agent(tf.Module):
         return self._update(data), shared[1]
     metrics, stopped = self.strategy.run(replica, args=(data, step, stop))
     mean = tf.distribute.ReduceOp.MEAN
-    metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
+    metrics = {k: self.strategy.reduce(mean, v, axis=None)
+               for k, v in metrics.items()}
     return metrics, self.strategy.experimental_local_results(stopped)[0]
 
   def dataset(self, make):
@@ -165,7 +170,8 @@ class Agent(tf.Module):
         first = tf.equal(context.replica_id_in_sync_group, 0)
         for var in variables:
           mine = tf.where(first, var.read_value(), tf.zeros_like(var))
-          tfutils.assign(var, context.all_reduce(tf.distribute.ReduceOp.SUM, mine))
+          tfutils.assign(
+              var, context.all_reduce(tf.distribute.ReduceOp.SUM, mine))
       self.strategy.run(replica)
     broadcast()
 
@@ -190,8 +196,10 @@ class Agent(tf.Module):
     from the actions alone. Rows: truth / model / error. uint8 [T, H, W, C]."""
     if self.strategy and not isinstance(data, dict):
       data = self.strategy.experimental_local_results(data)[0]
-    elif self.strategy:  # A distributed batch: this host's first replica's part.
-      data = {k: self.strategy.experimental_local_results(v)[0] for k, v in data.items()}
+    elif self.strategy:
+      # A distributed batch: this host's first replica's part.
+      data = {k: self.strategy.experimental_local_results(v)[0]
+              for k, v in data.items()}
     with nets.compute_in(self.dtype):
       return self._report(data)
 
@@ -215,10 +223,12 @@ class WorldModel(tf.Module):
     self.rssm = nets.RSSM(action_size, self.encoder.embed_size, **config.rssm)
     self.feat_size = self.rssm.feat_size
     self.heads = {}
-    self.heads['decoder'] = nets.Decoder(shapes, self.feat_size, **config.decoder)
+    self.heads['decoder'] = nets.Decoder(
+        shapes, self.feat_size, **config.decoder)
     self.heads['reward'] = nets.MLP(self.feat_size, [], **config.reward_head)
     if config.pred_discount:
-      self.heads['discount'] = nets.MLP(self.feat_size, [], **config.discount_head)
+      self.heads['discount'] = nets.MLP(
+          self.feat_size, [], **config.discount_head)
     for name in config.grad_heads:
       if name not in self.heads:
         raise ValueError(
@@ -259,9 +269,9 @@ class WorldModel(tf.Module):
     """Rolls the prior forward `horizon` steps from every start state with
     actions from `policy` (which sees stop_gradient(feat)).
 
-      states:   s0 -> s1 -> ... -> sH       (s0 = a posterior state from replay)
-      action:   0     a1          aH        (a_t led into s_t; a_{t+1} ~ pi(s_t))
-      discount: d0    d1          dH        (d0 from replay, the rest predicted)
+      states:   s0 -> s1 -> ... -> sH     (s0 = a posterior state from replay)
+      action:   0     a1          aH      (a_t led into s_t; a_{t+1} ~ pi(s_t))
+      discount: d0    d1          dH      (d0 from replay, the rest predicted)
       weight:   1     d0     ...  d0..d_{H-1}
     Returns a dict of [H+1, B*T, ...] tensors, including the policy's
     distribution at each state ('policy', for the actor loss).
@@ -299,7 +309,8 @@ class WorldModel(tf.Module):
     dtype = nets.compute_dtype()
     obs = dict(obs)
     for key, value in obs.items():
-      if key.startswith('log_') or key in ('is_first', 'is_last', 'is_terminal'):
+      if key.startswith('log_') or key in (
+          'is_first', 'is_last', 'is_terminal'):
         continue
       if value.dtype == tf.uint8:
         obs[key] = tf.cast(value, dtype) / 255.0 - 0.5
@@ -320,7 +331,8 @@ class WorldModel(tf.Module):
     truth = tf.cast(data[key], tf.float32) + 0.5
     embed = self.encoder(data)
     states, _ = self.rssm.observe(
-        embed[:, :context], data['action'][:, :context], data['is_first'][:, :context])
+        embed[:, :context], data['action'][:, :context],
+        data['is_first'][:, :context])
     decoder = self.heads['decoder']
     recon = decoder(self.rssm.get_feat(states))[key].mode()
     init = {k: v[:, -1] for k, v in states.items()}
@@ -328,16 +340,18 @@ class WorldModel(tf.Module):
     openl = decoder(self.rssm.get_feat(prior))[key].mode()
     model = tf.clip_by_value(tf.concat([recon + 0.5, openl + 0.5], 1), 0, 1)
     error = (model - truth + 1) / 2
-    video = tf.concat([truth, model, error], 2)                   # [B, T, 3H, W, C]
-    video = tf.transpose(video, [1, 2, 0, 3, 4])                  # [T, 3H, B, W, C]
+    video = tf.concat([truth, model, error], 2)   # [B, T, 3H, W, C]
+    video = tf.transpose(video, [1, 2, 0, 3, 4])  # [T, 3H, B, W, C]
     shape = tf.shape(video)
-    video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
+    video = tf.reshape(
+        video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
     return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
 
 
 class ActorCritic(tf.Module):
 
-  def __init__(self, config, action_size, discrete, feat_size, tfstep, name='actor_critic'):
+  def __init__(self, config, action_size, discrete, feat_size, tfstep,
+               name='actor_critic'):
     super().__init__(name=name)
     self.config = config
     self.tfstep = tfstep
@@ -354,7 +368,8 @@ class ActorCritic(tf.Module):
     self.actor = nets.MLP(feat_size, action_size, **actor)
     self.critic = nets.MLP(feat_size, [], **config.critic)
     if config.slow_target:
-      self._target_critic = nets.MLP(feat_size, [], trainable=False, **config.critic)
+      self._target_critic = nets.MLP(
+          feat_size, [], trainable=False, **config.critic)
       self._updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     else:
       self._target_critic = self.critic
@@ -369,7 +384,8 @@ class ActorCritic(tf.Module):
   def train(self, world_model, start, is_terminal, reward_fn):
     metrics = {}
     with tf.GradientTape() as actor_tape:
-      seq = world_model.imagine(self.actor, start, is_terminal, self.config.imag_horizon)
+      seq = world_model.imagine(
+          self.actor, start, is_terminal, self.config.imag_horizon)
       reward = reward_fn(seq)
       seq['reward'], mets1 = self.rewnorm(reward)
       mets1 = {f'reward_{k}': v for k, v in mets1.items()}
@@ -397,7 +413,7 @@ class ActorCritic(tf.Module):
     # The last two states drop out: one only bootstraps, and the action taken
     # in the other leads nowhere we have a target for.
     metrics = {}
-    policy = _StackedDist(seq['policy'][:-1])                     # pi(z_0..z_{H-2})
+    policy = _StackedDist(seq['policy'][:-1])  # pi(z_0..z_{H-2})
     objective = 0.0
     if self.actor_grad in ('reinforce', 'both'):
       baseline = seq['value'][:-2]  # The slow critic's, from `target`.
@@ -437,7 +453,8 @@ class ActorCritic(tf.Module):
     return critic_loss, {'critic': tf.reduce_mean(dist.mode())}
 
   def target(self, seq):
-    """λ-returns from the slow critic's values, which it stores in seq['value']."""
+    """λ-returns from the slow critic's values, which it stores in
+    seq['value']."""
     # States:     [z0]  [z1]  [z2]  [z3]
     # Rewards:    [r0]  [r1]  [r2]   r3
     # Values:     [v0]  [v1]  [v2]  [v3]
@@ -458,7 +475,8 @@ class ActorCritic(tf.Module):
     if not self.config.slow_target:
       return
     def update():
-      mix = tf.where(self._updates == 0, 1.0, float(self.config.slow_target_fraction))
+      mix = tf.where(
+          self._updates == 0, 1.0, float(self.config.slow_target_fraction))
       for s, d in zip(self.critic.variables, self._target_critic.variables):
         tfutils.assign(d, mix * s + (1 - mix) * d)
       return tf.constant(True)
@@ -469,7 +487,8 @@ class ActorCritic(tf.Module):
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_):
   """TD(lambda) targets over the time axis 0, computed backwards:
-    R_t = r_t + d_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}),  R_T = bootstrap.
+    R_t = r_t + d_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}),
+    R_T = bootstrap.
   reward, value, pcont: [T, ...]; bootstrap: [...]."""
   next_values = tf.concat([value[1:], bootstrap[None]], 0)
   inputs = reward + pcont * next_values * (1 - lambda_)
@@ -482,7 +501,8 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_):
 
 def action_noise(action, amount, discrete):
   """With `amount` > 0: for one-hot actions, a uniformly random action with
-  probability `amount`; for continuous ones, Gaussian noise, clipped to [-1, 1]."""
+  probability `amount`; for continuous ones, Gaussian noise, clipped to
+  [-1, 1]."""
   if amount == 0:
     return action
   action = tf.cast(action, tf.float32)
@@ -491,7 +511,8 @@ def action_noise(action, amount, discrete):
         tf.shape(action)[:-1], 0, action.shape[-1], tf.int32), action.shape[-1])
     pick = tf.random.uniform(tf.shape(action)[:-1]) < amount
     return tf.where(pick[..., None], random, action)
-  return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)), -1, 1)
+  return tf.clip_by_value(
+      action + amount * tf.random.normal(tf.shape(action)), -1, 1)
 
 
 class _StackedDist:
@@ -502,7 +523,8 @@ class _StackedDist:
     self._parts = parts
 
   def log_prob(self, value):
-    return tf.stack([d.log_prob(value[i]) for i, d in enumerate(self._parts)], 0)
+    return tf.stack(
+        [d.log_prob(value[i]) for i, d in enumerate(self._parts)], 0)
 
   def entropy(self):
     return tf.stack([d.entropy() for d in self._parts], 0)

@@ -101,13 +101,15 @@ def load(logdir, checkpoint=None, seed=None):
   step = train_lib.checkpoint_step(path)
   if spaces is None:  # A run from before spaces.pkl: its task tells them.
     env = make_env(config)
-    spaces = {'obs_space': env.obs_space, 'act_space': env.act_space, 'task': True}
+    spaces = {'obs_space': env.obs_space, 'act_space': env.act_space,
+              'task': True}
     env.close()
   import tensorflow as tf
   from common import tfutils
   if seed is not None:
     tf.random.set_seed(seed)
-  agent = train_lib.build_agent(config, spaces['obs_space'], spaces['act_space'])
+  agent = train_lib.build_agent(
+      config, spaces['obs_space'], spaces['act_space'])
   try:
     tfutils.load_checkpoint(agent, path)
   except (tfutils.CheckpointMismatch, tfutils.CheckpointUnreadable) as e:
@@ -161,4 +163,5 @@ def resized_images(gym_env, env):
   after = env.obs_space
   return ', '.join(
       f'{key} {before[key].shape[0]}x{before[key].shape[1]}'
-      for key in after if key in before and before[key].shape != after[key].shape)
+      for key in after
+      if key in before and before[key].shape != after[key].shape)

@@ -1,6 +1,7 @@
 """Evaluate a trained agent outside the training loop.
 
-  python3 dreamerv2/eval.py --logdir ~/logdir/atari_pong/dreamerv2/1 --episodes 10
+  python3 dreamerv2/eval.py --logdir ~/logdir/atari_pong/dreamerv2/1 \\
+      --episodes 10
 
 Reads RUN/config.yaml and a checkpoint (default: the newest), builds the
 task's envs with the run's settings (action repeat, time limit, size, sticky
@@ -46,9 +47,11 @@ def parse(argv):
   parser.add_argument('--outdir', default=None,
                       help='default: RUN/eval/<checkpoint frames>')
   parser.add_argument('--task', default=None,
-                      help='another task with the same spaces (default: the run\'s)')
+                      help='another task with the same spaces '
+                           '(default: the run\'s)')
   parser.add_argument('--seed', type=int, default=None,
-                      help='env and sampling seed (default: the run\'s seed + 2000)')
+                      help='env and sampling seed '
+                           '(default: the run\'s seed + 2000)')
   return parser.parse_args(argv)
 
 
@@ -58,7 +61,8 @@ def check_spaces(run_spaces, env, task):
   for key, space in want.items():
     if key.startswith('log_'):
       continue
-    if key not in have or have[key].shape != space.shape or have[key].dtype != space.dtype:
+    if (key not in have or have[key].shape != space.shape
+        or have[key].dtype != space.dtype):
       got = f'{have[key].shape} {have[key].dtype}' if key in have else 'none'
       raise train_lib.ConfigError(
           f'task {task} has other observations than the run: {key} is '
@@ -67,16 +71,19 @@ def check_spaces(run_spaces, env, task):
   if want.shape != have.shape or getattr(want, 'discrete', False) != getattr(
       have, 'discrete', False):
     raise train_lib.ConfigError(
-        f'task {task} has other actions than the run: {want} there, {have} here')
+        f'task {task} has other actions than the run: {want} there, '
+        f'{have} here')
 
 
 def main(argv=None):
   args = parse(argv)
   try:
     if args.episodes < 1:
-      raise train_lib.ConfigError(f'--episodes must be at least 1, got {args.episodes}')
+      raise train_lib.ConfigError(
+          f'--episodes must be at least 1, got {args.episodes}')
     if args.videos < 0:
-      raise train_lib.ConfigError(f'--videos must be 0 or more, got {args.videos}')
+      raise train_lib.ConfigError(
+          f'--videos must be 0 or more, got {args.videos}')
     logdir = pathlib.Path(args.logdir).expanduser()
     config, spaces = train_lib.load_run(logdir)
     if spaces is not None and not spaces['task']:
@@ -102,10 +109,12 @@ def main(argv=None):
       except train_lib.ConfigError:
         env.close()
         raise
-  except (train_lib.ConfigError, envs_lib.UnknownTask, envs_lib.MissingPackage) as e:
+  except (train_lib.ConfigError, envs_lib.UnknownTask,
+          envs_lib.MissingPackage) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  outdir = pathlib.Path(args.outdir or logdir / 'eval' / str(frames)).expanduser()
+  outdir = pathlib.Path(
+      args.outdir or logdir / 'eval' / str(frames)).expanduser()
   try:
     agent = api.load(logdir, checkpoint, seed)
     results = run_episodes(agent, env, args, outdir)
@@ -133,7 +142,8 @@ def run_episodes(agent, env, args, outdir):
   outdir.mkdir(parents=True, exist_ok=True)
   mode = {'eval': 'eval', 'train': 'train'}[args.policy]
   print(f'Evaluating {agent.checkpoint} (step {agent.frames} frames) with the '
-        f'{args.policy} policy for {args.episodes} episodes into {outdir}', flush=True)
+        f'{args.policy} policy for {args.episodes} episodes into {outdir}',
+        flush=True)
   results, start = [], time.time()
   for index in range(args.episodes):
     obs, state = env.reset(), None
@@ -143,7 +153,8 @@ def run_episodes(agent, env, args, outdir):
       obs = env.step(action)
       total += float(obs['reward'])
       length += 1
-      if frames is not None and index < args.videos and len(frames) < VIDEO_FRAMES:
+      if (frames is not None and index < args.videos
+          and len(frames) < VIDEO_FRAMES):
         frames.append(obs['image'])
     result = {'return': total, 'length': length}
     if frames is not None and index < args.videos:

@@ -39,7 +39,8 @@ class Plan2Explore(tf.Module):
     self.reward = reward
     self.wm = wm
     self.ac = agent.ActorCritic(
-        config, action_size, discrete, wm.feat_size, tfstep, name='expl_actor_critic')
+        config, action_size, discrete, wm.feat_size, tfstep,
+        name='expl_actor_critic')
     self.actor = self.ac.actor
     stoch = wm.rssm.stoch_size
     size = {
@@ -48,11 +49,13 @@ class Plan2Explore(tf.Module):
     }.get(config.disag_target)
     if size is None:
       raise ValueError(
-          f'disag_target must be embed, stoch, deter or feat, got {config.disag_target!r}')
+          f'disag_target must be embed, stoch, deter or feat, got '
+          f'{config.disag_target!r}')
     inp = wm.feat_size + (action_size if config.disag_action_cond else 0)
     head = config.expl_head
     self.ensemble = Ensemble(
-        config.disag_models, inp, size, head['layers'], head['units'], head['act'])
+        config.disag_models, inp, size, head['layers'], head['units'],
+        head['act'])
     self.opt = tfutils.Optimizer(
         'ensemble', self.ensemble.trainable_variables, **config.expl_opt)
     self.extr_rewnorm = tfutils.StreamNorm(**config.expl_reward_norm)
@@ -71,7 +74,8 @@ class Plan2Explore(tf.Module):
     if self.config.disag_action_cond:
       inputs = tf.concat([inputs, nets.cast(data['action'])], -1)
     metrics.update(self._train_ensemble(inputs, target))
-    metrics.update(self.ac.train(self.wm, start, data['is_terminal'], self._intr_reward))
+    metrics.update(self.ac.train(
+        self.wm, start, data['is_terminal'], self._intr_reward))
     return metrics
 
   def _intr_reward(self, seq):
@@ -84,7 +88,8 @@ class Plan2Explore(tf.Module):
       disag = tf.math.log(disag)
     reward = self.config.expl_intr_scale * self.intr_rewnorm(disag)[0]
     if self.config.expl_extr_scale:
-      reward += self.config.expl_extr_scale * self.extr_rewnorm(self.reward(seq))[0]
+      reward += self.config.expl_extr_scale * self.extr_rewnorm(
+          self.reward(seq))[0]
     return reward
 
   def _train_ensemble(self, inputs, targets):
@@ -111,7 +116,8 @@ class ModelLoss(tf.Module):
     self.reward = reward
     self.wm = wm
     self.ac = agent.ActorCritic(
-        config, action_size, discrete, wm.feat_size, tfstep, name='expl_actor_critic')
+        config, action_size, discrete, wm.feat_size, tfstep,
+        name='expl_actor_critic')
     self.actor = self.ac.actor
     self.head = nets.MLP(wm.feat_size, [], **config.expl_head)
     self.opt = tfutils.Optimizer(
@@ -119,11 +125,14 @@ class ModelLoss(tf.Module):
 
   def train(self, start, context, data):
     metrics = {}
-    target = tf.stop_gradient(tf.cast(context[self.config.expl_model_loss], tf.float32))
+    target = tf.stop_gradient(
+        tf.cast(context[self.config.expl_model_loss], tf.float32))
     with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(self.head(tf.stop_gradient(context['feat'])).log_prob(target))
+      loss = -tf.reduce_mean(
+          self.head(tf.stop_gradient(context['feat'])).log_prob(target))
     metrics.update(self.opt(tape, loss))
-    metrics.update(self.ac.train(self.wm, start, data['is_terminal'], self._intr_reward))
+    metrics.update(self.ac.train(
+        self.wm, start, data['is_terminal'], self._intr_reward))
     return metrics
 
   def _intr_reward(self, seq):
@@ -145,7 +154,8 @@ class Ensemble(tf.Module):
       limit = math.sqrt(6.0 / (a + b))
       self.kernels.append(tf.Variable(
           tf.random.uniform([members, a, b], -limit, limit), name=f'kernel{i}'))
-      self.biases.append(tf.Variable(tf.zeros([members, 1, b]), name=f'bias{i}'))
+      self.biases.append(
+          tf.Variable(tf.zeros([members, 1, b]), name=f'bias{i}'))
     self._members = members
     self._act = nets.get_act(act)
 

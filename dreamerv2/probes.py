@@ -15,8 +15,9 @@ import json
 import sys
 import time
 
-SMALL = ['--rssm.deter', '128', '--rssm.hidden', '128', '--encoder.cnn_depth', '16',
-         '--decoder.cnn_depth', '16', '--dataset.batch', '16', '--dataset.length', '10']
+SMALL = ['--rssm.deter', '128', '--rssm.hidden', '128',
+         '--encoder.cnn_depth', '16', '--decoder.cnn_depth', '16',
+         '--dataset.batch', '16', '--dataset.length', '10']
 
 
 def square_batch(rng, batch, length, actions=3):
@@ -32,7 +33,8 @@ def square_batch(rng, batch, length, actions=3):
   zeros = np.zeros((batch, length), bool)
   return {
       'image': image, 'reward': np.zeros((batch, length), np.float32),
-      'action': np.eye(actions, dtype=np.float32)[rng.integers(0, actions, (batch, length))],
+      'action': np.eye(actions, dtype=np.float32)[
+          rng.integers(0, actions, (batch, length))],
       'is_first': first, 'is_last': zeros, 'is_terminal': zeros}
 
 
@@ -52,21 +54,25 @@ def run(updates, eval_every, precision, overrides, below=0.6, seed=0):
   from common import config as configlib
   from common import nets
   from dreamerv2 import agent as agentlib
-  config = configlib.parse(['--configs', 'defaults', 'atari', '--precision', str(precision)]
-                           + SMALL + list(overrides))
+  config = configlib.parse(
+      ['--configs', 'defaults', 'atari', '--precision', str(precision)]
+      + SMALL + list(overrides))
   nets.set_precision(config.precision)
   tf.random.set_seed(seed)
   rng = np.random.default_rng(seed)
-  wm = agentlib.WorldModel(config, obs_space(), 3, tf.Variable(0, dtype=tf.int64))
+  wm = agentlib.WorldModel(
+      config, obs_space(), 3, tf.Variable(0, dtype=tf.int64))
   train = tf.function(lambda data: wm.train(data)[1])
 
   @tf.function
   def reconstruct(data):
     data = wm.preprocess(data)
-    post, _ = wm.rssm.observe(wm.encoder(data), data['action'], data['is_first'], sample=False)
+    post, _ = wm.rssm.observe(
+        wm.encoder(data), data['action'], data['is_first'], sample=False)
     return wm.heads['decoder'](wm.rssm.get_feat(post))['image'].mode() + 0.5
 
-  held = square_batch(np.random.default_rng(seed + 1), 32, config.dataset.length)
+  held = square_batch(
+      np.random.default_rng(seed + 1), 32, config.dataset.length)
   truth = held['image'] / 255.0
   floor = float(np.mean((truth.mean((0, 1), keepdims=True) - truth) ** 2))
   held = {k: tf.constant(v) for k, v in held.items()}
@@ -74,15 +80,19 @@ def run(updates, eval_every, precision, overrides, below=0.6, seed=0):
   for i in range(updates):
     data = square_batch(rng, config.dataset.batch, config.dataset.length)
     metrics = train({k: tf.constant(v) for k, v in data.items()})
-    recent = (recent + [{k: float(metrics[k]) for k in ('image_loss', 'kl_loss', 'post_ent')}])[-10:]
+    recent = (recent + [{k: float(metrics[k])
+                         for k in ('image_loss', 'kl_loss', 'post_ent')}])[-10:]
     norms.append(float(metrics['model_grad_norm']))
     if (i + 1) % eval_every == 0 or i + 1 == updates:
       recon = np.clip(np.asarray(reconstruct(held), np.float32), 0, 1)
       error = float(np.mean((recon - truth) ** 2))
-      curve.append({'updates': i + 1, 'recon': round(error, 6), 'ratio': round(error / floor, 3),
-                    **{k: round(float(np.mean([m[k] for m in recent])), 3) for k in recent[0]},
-                    # The largest gradient norm (before clipping) since the last row.
-                    'grad_norm_max': round(max(norms), 1)})
+      curve.append({
+          'updates': i + 1, 'recon': round(error, 6),
+          'ratio': round(error / floor, 3),
+          **{k: round(float(np.mean([m[k] for m in recent])), 3)
+             for k in recent[0]},
+          # The largest gradient norm (before clipping) since the last row.
+          'grad_norm_max': round(max(norms), 1)})
       norms = []
       print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
   first = next((row['updates'] for row in curve if row['ratio'] < below), None)

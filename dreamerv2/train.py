@@ -52,7 +52,8 @@ CHOICES = {
     'distribute.strategy': choices.DISTRIBUTE,
 }
 CHECKPOINT = 'variables.pkl'
-SNAPSHOTS = 'checkpoints'  # The kept checkpoints: checkpoints/variables-<frames>.pkl.
+# The kept checkpoints: checkpoints/variables-<frames>.pkl.
+SNAPSHOTS = 'checkpoints'
 WARM_START = ('all', 'world_model')  # warm_start.only: which weights to load.
 SPACES = 'spaces.pkl'  # The agent's observation and action spaces.
 
@@ -96,7 +97,8 @@ def main(argv=None):
           file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:
-    print('Aborted by a second Ctrl-C: the checkpoint was not saved.', file=sys.stderr)
+    print('Aborted by a second Ctrl-C: the checkpoint was not saved.',
+          file=sys.stderr)
     sys.exit(130)
 
 
@@ -149,7 +151,8 @@ def check_distribute(config):
           'docs/scaling.md') from None
     replicas = sum(len(cluster.get(kind, [])) for kind in ('chief', 'worker'))
     if not config.task or not config.logdir:
-      raise ConfigError('distribute.strategy multi_worker needs a task and a logdir')
+      raise ConfigError(
+          'distribute.strategy multi_worker needs a task and a logdir')
   if replicas and config.dataset.batch % replicas:
     raise ConfigError(
         f'dataset.batch {config.dataset.batch} does not divide among the '
@@ -183,7 +186,8 @@ def make_task_envs(config, modes=('train', 'eval'), seed=None):
   for mode in modes:
     for index in range(counts[mode]):
       built[mode].append(envs_lib.Parallel(functools.partial(
-          make_env, config, mode, seed + index + (1000 if mode == 'eval' else 0)),
+          make_env, config, mode,
+          seed + index + (1000 if mode == 'eval' else 0)),
           config.envs_parallel, name=f'{config.task} {mode} env {index}'))
   return built['train'], built['eval']
 
@@ -237,7 +241,8 @@ def run(config, make_envs, outputs=None, task=True):
   from common import tfutils
   if not tfutils.is_chief(strategy):
     if not task:
-      raise ConfigError('multi_worker training needs a task (train.py), not api.train')
+      raise ConfigError(
+          'multi_worker training needs a task (train.py), not api.train')
     worker_loop(config, logdir)
     return
 
@@ -274,7 +279,8 @@ def make_strategy(config):
         f'of {replicas}')
   devices = ', '.join(strategy.extended.worker_devices)
   print(f'Distribute {config.distribute.strategy}: {replicas} replicas '
-        f'(this process: {devices}), batch {batch} = {batch // replicas} per replica')
+        f'(this process: {devices}), batch {batch} = {batch // replicas} '
+        'per replica')
   return strategy
 
 
@@ -291,11 +297,13 @@ def worker_loop(config, logdir):
   print(f'Worker: waiting for episodes in {directory}.', flush=True)
   while not any(directory.glob('*.npz')):
     time.sleep(1)
-  replay = replay_lib.Replay(directory, seed=config.seed + 1, watch=True, **config.replay)
+  replay = replay_lib.Replay(
+      directory, seed=config.seed + 1, watch=True, **config.replay)
   while not replay.stats['loaded_episodes']:
     time.sleep(1)
     replay.refresh()
-  dataset = agent.dataset(lambda batch: replay.dataset(batch, config.dataset.length))
+  dataset = agent.dataset(
+      lambda batch: replay.dataset(batch, config.dataset.length))
   updates = 0
   while not agent.stopped:
     agent.train(next(dataset))
@@ -306,7 +314,8 @@ def worker_loop(config, logdir):
 def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
   """Prefill, pretrain, then act, store and train; evaluate and save every
   eval_every steps. Returns when done or after `stop` is set."""
-  training = Training(config, logdir, train_envs, eval_envs, outputs, stop, task)
+  training = Training(
+      config, logdir, train_envs, eval_envs, outputs, stop, task)
   try:
     training.prefill()
     training.pretrain()
@@ -320,11 +329,13 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
         training.evaluate()  # The curve ends with the final policy's score.
     training.release_workers()
     training.logger.write()
-    print(f'Finished {int(training.step)} steps; checkpoint {training.checkpoint}.')
+    print(f'Finished {int(training.step)} steps; '
+          f'checkpoint {training.checkpoint}.')
   except Stopped:
     training.shutdown()
   except Exception as error:
-    if not (isinstance(error, envs_lib.EnvCrashed) or getattr(error, 'env', None)):
+    if not (isinstance(error, envs_lib.EnvCrashed)
+            or getattr(error, 'env', None)):
       raise
     # An env failed: end cleanly, with the episodes and the checkpoint kept.
     training.shutdown()
@@ -339,7 +350,8 @@ class EnvFailed(Exception):
     notes = ''.join(getattr(error, '__notes__', []))
     self.traceback = notes
     name = getattr(error, 'env', None)
-    text = str(error) if name is None else f'{name} failed: {type(error).__name__}: {error}'
+    text = (str(error) if name is None
+            else f'{name} failed: {type(error).__name__}: {error}')
     super().__init__(text)
 
 
@@ -357,30 +369,35 @@ class Training:
     # the config is saved over the old one and before any env step.
     self.act_space = train_envs[0].act_space
     self.agent = build_agent(config, train_envs[0].obs_space, self.act_space)
-    self.trained = restore(self.agent, logdir, config)  # Anything to save on exit.
+    # Anything to save on exit.
+    self.trained = restore(self.agent, logdir, config)
     self.agent.sync()  # Multi-worker: the workers take these weights.
     config.save(logdir / 'config.yaml')
     save_spaces(logdir, train_envs[0].obs_space, self.act_space, task)
     count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
-    print(f'Agent: {count(self.agent.trainable_variables) / 1e6:.2f}M parameters '
-          f'(world model {count(self.agent.wm.trainable_variables) / 1e6:.2f}M)')
+    print(f'Agent: {count(self.agent.trainable_variables) / 1e6:.2f}M '
+          'parameters (world model '
+          f'{count(self.agent.wm.trainable_variables) / 1e6:.2f}M)')
 
     self.train_replay = replay_lib.Replay(
         logdir / 'train_episodes', seed=config.seed, **config.replay)
     self.eval_replay = replay_lib.Replay(
         logdir / 'eval_episodes', capacity=config.replay.capacity // 100,
         minlen=config.dataset.length, maxlen=config.dataset.length)
-    self.step = utils.Counter(self.train_replay.stats['total_steps'])  # Agent steps.
+    # Agent steps.
+    self.step = utils.Counter(self.train_replay.stats['total_steps'])
     if outputs is None:
       # The replay's counts go to the files only; the progress line stays short.
       hide_counts = r'^(?!(train|eval)_(total|loaded)_(steps|episodes)$)'
       outputs = [
-          logger_lib.TerminalOutput(config.steps * config.action_repeat, hide_counts),
+          logger_lib.TerminalOutput(
+              config.steps * config.action_repeat, hide_counts),
           logger_lib.JSONLOutput(logdir),
           logger_lib.TensorBoardOutput(logdir)]
-    self.logger = logger_lib.Logger(self.step, outputs, multiplier=config.action_repeat)
-    print(f'Train replay: {self.train_replay.stats["total_episodes"]} episodes, '
-          f'{int(self.step)} steps stored.')
+    self.logger = logger_lib.Logger(
+        self.step, outputs, multiplier=config.action_repeat)
+    print(f'Train replay: {self.train_replay.stats["total_episodes"]} '
+          f'episodes, {int(self.step)} steps stored.')
 
     self.should_train = utils.Every(config.train_every)
     self.should_log = utils.Every(config.log_every)
@@ -388,7 +405,8 @@ class Training:
         'train': utils.Every(config.log_every),
         'eval': utils.Every(config.eval_every)}
     self.should_explore = utils.Until(config.expl_until // config.action_repeat)
-    self.can_report = config.dataset.length > 5  # Open-loop videos have 5 context steps.
+    # Open-loop videos have 5 context steps.
+    self.can_report = config.dataset.length > 5
     self.metrics = collections.defaultdict(list)
     self.train_dataset = self.eval_dataset = self.report_dataset = None
     self.prefilling = False  # Random actions: no updates, no logs.
@@ -398,12 +416,14 @@ class Training:
     # The replay saves an episode at its last step.
     self.train_driver.on_step(self.train_replay.add_step)
     self.train_driver.on_reset(self.train_replay.add_step)
-    self.train_driver.on_episode(lambda episode, worker: self.log_episode(episode, 'train'))
+    self.train_driver.on_episode(
+        lambda episode, worker: self.log_episode(episode, 'train'))
     self.train_driver.on_step(self.check_stop)
     self.train_driver.on_step(self.train_step)
     self.eval_driver = driver_lib.Driver(eval_envs)
     self.eval_driver.on_episode(self.store_eval_episode)
-    self.eval_driver.on_episode(lambda episode, worker: self.log_episode(episode, 'eval'))
+    self.eval_driver.on_episode(
+        lambda episode, worker: self.log_episode(episode, 'eval'))
     self.eval_driver.on_step(self.check_stop)
     self.has_eval = bool(eval_envs)
 
@@ -454,7 +474,8 @@ class Training:
     print('Start evaluation.')
     if self.can_report and self.eval_replay.stats['loaded_episodes']:
       if self.eval_dataset is None:
-        self.eval_dataset = iter(self.eval_replay.dataset(**self.config.dataset))
+        self.eval_dataset = iter(
+            self.eval_replay.dataset(**self.config.dataset))
       self.logger.add(self.agent.report(next(self.eval_dataset)), prefix='eval')
     self.eval_driver.reset()
     self.eval_driver(self.eval_policy, episodes=self.config.eval_eps)
@@ -496,7 +517,7 @@ class Training:
       print(f'Stopped at step {int(self.step)} before training; the episodes '
             f'are kept in {self.logdir / "train_episodes"}.')
 
-  # Callbacks and policies -------------------------------------------------------
+  # Callbacks and policies -----------------------------------------------------
 
   def dataset(self):
     if self.train_dataset is None:
@@ -512,7 +533,8 @@ class Training:
     if not self.agent.strategy:
       return next(self.dataset())
     if self.report_dataset is None:
-      self.report_dataset = iter(self.train_replay.dataset(**self.config.dataset))
+      self.report_dataset = iter(
+          self.train_replay.dataset(**self.config.dataset))
     return next(self.report_dataset)
 
   def train_policy(self, obs, state):
@@ -533,7 +555,8 @@ class Training:
         for name, value in self.agent.train(batch, step=int(step)).items():
           self.metrics[name].append(float(value))
     if self.should_log(step):
-      self.logger.add({name: np.mean(values) for name, values in self.metrics.items()})
+      self.logger.add({name: np.mean(values)
+                       for name, values in self.metrics.items()})
       self.metrics.clear()
       if self.can_report:
         self.logger.add(self.agent.report(self.report_batch()), prefix='train')
@@ -578,7 +601,8 @@ def save_spaces(logdir, obs_space, act_space, task):
   """logdir/spaces.pkl: the spaces the agent was built for, so that a run can
   be loaded without its env (api.load); `task` False for api.train's env."""
   spaces = {'obs_space': obs_space, 'act_space': act_space, 'task': task}
-  utils.atomic_write(pathlib.Path(logdir) / SPACES, lambda f: pickle.dump(spaces, f))
+  utils.atomic_write(
+      pathlib.Path(logdir) / SPACES, lambda f: pickle.dump(spaces, f))
 
 
 def load_run(logdir):
@@ -586,10 +610,12 @@ def load_run(logdir):
   naming what is missing."""
   logdir = pathlib.Path(logdir).expanduser()
   if not (logdir / 'config.yaml').is_file():
-    raise ConfigError(f'{logdir} holds no config.yaml: is it the logdir of a run?')
+    raise ConfigError(
+        f'{logdir} holds no config.yaml: is it the logdir of a run?')
   try:
     config = config_lib.Config.load(logdir / 'config.yaml')
-    config = config_lib.Config(config_lib.load_configs()['defaults']).update(config.flat)
+    config = config_lib.Config(
+        config_lib.load_configs()['defaults']).update(config.flat)
   except (OSError, ValueError, KeyError) as e:
     raise ConfigError(f'cannot read {logdir / "config.yaml"}: {e}') from None
   config = config.update({'logdir': str(logdir)})
@@ -716,8 +742,8 @@ def gpu_warning(device):
   if device == 'GPU':
     return None
   try:
-    listed = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
-                            timeout=10).stdout
+    listed = subprocess.run(['nvidia-smi', '-L'], capture_output=True,
+                            text=True, timeout=10).stdout
   except (OSError, subprocess.SubprocessError):
     return None
   gpus = [line for line in listed.splitlines() if line.startswith('GPU')]
@@ -754,7 +780,8 @@ def saved_config_changes(path, config):
   except Exception as e:
     print(f'Cannot read the saved {path} ({e}); it will be replaced.')
     return []
-  return [f'{key}: {old} -> {new}' for key, old, new in config_lib.diff(saved, config)]
+  return [f'{key}: {old} -> {new}'
+          for key, old, new in config_lib.diff(saved, config)]
 
 
 def install_stop_handler(stop):
@@ -771,7 +798,8 @@ def install_stop_handler(stop):
     stop.set()
     print('\nStopping after the current step and saving the checkpoint '
           '(Ctrl-C again quits without saving).', flush=True)
-  return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  return {sig: signal.signal(sig, handler)
+          for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def restore_handlers(handlers):

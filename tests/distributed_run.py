@@ -2,7 +2,8 @@
 weights and metrics. Run as a script by tests/test_distribute.py (a fresh
 process: logical devices and TF_CONFIG must be set before TensorFlow runs).
 
-  python3 tests/distributed_run.py OUT.npz STRATEGY CPU_DEVICES UPDATES [float16|float16clean]
+  python3 tests/distributed_run.py OUT.npz STRATEGY CPU_DEVICES UPDATES \\
+      [float16|float16clean]
 
 Every run sees the same global batches (seeded), and the latent and action
 samples are replaced by their modes: the random draws of two device counts
@@ -24,9 +25,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
 def main():
-  out, kind, devices, updates = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+  out, kind, devices, updates = (
+      sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
   float16 = any(a.startswith('float16') for a in sys.argv[5:])
-  corrupt = 'float16' in sys.argv[5:]  # float16clean: the same batches, unchanged.
+  # float16clean: the same batches, unchanged.
+  corrupt = 'float16' in sys.argv[5:]
   import numpy as np
   import tensorflow as tf
   from common import dists
@@ -35,14 +38,17 @@ def main():
   import dreamer_helpers as H
   dists.OneHot.sample = dists.OneHot.mode
   config = H.tiny_config(**{
-      'jit': True, 'distribute.strategy': kind, 'distribute.cpu_devices': devices,
+      'jit': True, 'distribute.strategy': kind,
+      'distribute.cpu_devices': devices,
       'dataset.batch': 4, 'dataset.length': 6, 'slow_target_update': 2,
       'kl.free': 0.05, 'reward_norm.momentum': 0.9})
   # float16: vectors only, whose clean batches keep the gradients in range.
-  obs = H.obs_space(vector=5) if float16 else H.obs_space(image=(64, 64, 1), vector=5)
+  obs = (H.obs_space(vector=5) if float16
+         else H.obs_space(image=(64, 64, 1), vector=5))
   act = H.act_space(True, 3)
   tf.random.set_seed(0)
-  agent = agent_lib.Agent(config, obs, act, dtype=tf.float16 if float16 else None)
+  agent = agent_lib.Agent(
+      config, obs, act, dtype=tf.float16 if float16 else None)
   batches = []
   for i in range(updates):
     batch = {k: v.numpy() for k, v in H.batch(obs, act, 4, 6, seed=10 + i,
@@ -68,10 +74,12 @@ def main():
     data = iter([{k: tf.constant(v) for k, v in b.items()} for b in batches])
   metrics = []
   for i in range(updates):
-    metrics.append({k: float(v) for k, v in agent.train(next(data), step=i).items()})
+    metrics.append({k: float(v)
+                    for k, v in agent.train(next(data), step=i).items()})
   values = {}
   for name, var in tfutils.named_variables(agent).items():
-    copies = agent.strategy.experimental_local_results(var) if agent.strategy else [var]
+    copies = (agent.strategy.experimental_local_results(var)
+              if agent.strategy else [var])
     values[name] = np.stack([np.asarray(c.numpy()) for c in copies])
   np.savez(out, **{f'var:{k}': v for k, v in values.items()},
            metrics=json.dumps(metrics), replicas=agent.replicas)

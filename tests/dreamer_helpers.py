@@ -52,7 +52,8 @@ def obs_space(image=None, vector=None):
   if image:
     space['image'] = gymnasium.spaces.Box(0, 255, tuple(image), np.uint8)
   if vector:
-    space['state'] = gymnasium.spaces.Box(-np.inf, np.inf, (vector,), np.float32)
+    space['state'] = gymnasium.spaces.Box(
+        -np.inf, np.inf, (vector,), np.float32)
   return space
 
 
@@ -90,7 +91,8 @@ def batch(obs, act, b, t, seed=0, first_at=(0,), terminal_at=()):
 
 def snapshot(module):
   """{name: numpy copy} of every variable of `module`."""
-  return {n: v.numpy().copy() for n, v in tfutils.named_variables(module).items()}
+  return {n: v.numpy().copy()
+          for n, v in tfutils.named_variables(module).items()}
 
 
 def variable_names(module):
@@ -116,12 +118,14 @@ def trainable_snapshot(module, variables=None):
 def unchanged(before, module):
   """Names of the variables in `before` whose values did not change."""
   now = tfutils.named_variables(module)
-  return sorted(n for n, v in before.items() if np.array_equal(v, now[n].numpy()))
+  return sorted(
+      n for n, v in before.items() if np.array_equal(v, now[n].numpy()))
 
 
 @contextlib.contextmanager
 def precision(bits, device=None):
-  """Sets the global compute dtype for the block and restores the previous one."""
+  """Sets the global compute dtype for the block and restores the previous
+  one."""
   previous = nets.compute_dtype()
   nets.set_precision(bits, device=device)
   try:

@@ -11,16 +11,17 @@ from common import envs
 from dreamerv2 import api
 
 TINY = {
-    'jit': True, 'precision': 32, 'steps': 150, 'prefill': 100, 'time_limit': 50,
-    'train_every': 10, 'log_every': 50, 'eval_every': 100, 'eval_eps': 1,
-    'replay.minlen': 4, 'replay.maxlen': 10, 'dataset.batch': 4, 'dataset.length': 10,
+    'jit': True, 'precision': 32, 'steps': 150, 'prefill': 100,
+    'time_limit': 50, 'train_every': 10, 'log_every': 50, 'eval_every': 100,
+    'eval_eps': 1, 'replay.minlen': 4, 'replay.maxlen': 10,
+    'dataset.batch': 4, 'dataset.length': 10,
     'rssm.deter': 32, 'rssm.hidden': 32, 'rssm.stoch': 4, 'rssm.discrete': 4,
     'encoder.cnn_depth': 4, 'decoder.cnn_depth': 4,
     'encoder.mlp_layers': [16], 'decoder.mlp_layers': [16],
     'reward_head.layers': 1, 'reward_head.units': 16,
     'discount_head.layers': 1, 'discount_head.units': 16,
-    'actor.layers': 1, 'actor.units': 16, 'critic.layers': 1, 'critic.units': 16,
-    'imag_horizon': 5}
+    'actor.layers': 1, 'actor.units': 16, 'critic.layers': 1,
+    'critic.units': 16, 'imag_horizon': 5}
 
 
 class ImageEnv(gymnasium.Env):
@@ -79,7 +80,8 @@ class Recorder:
     self.writes.append((step, dict(summaries)))
 
   def values(self):
-    return {name: value for _, summary in self.writes for name, value in summary.items()}
+    return {name: value for _, summary in self.writes
+            for name, value in summary.items()}
 
 
 def read_metrics(logdir):
@@ -149,7 +151,8 @@ def test_dict_observations_and_box_actions(tmp_path):
   config = api.defaults().update({**TINY, 'logdir': str(logdir)})
   api.train(env, config, outputs=[recorder])
   values = recorder.values()
-  assert np.isfinite(values['image_loss']) and np.isfinite(values['position_loss'])
+  assert (np.isfinite(values['image_loss'])
+          and np.isfinite(values['position_loss']))
   actions = np.array(env.actions)
   # The agent acts in [-1, 1]; the env gets actions scaled to its [-2, 2].
   assert len(actions) >= 150 and np.abs(actions).max() <= 2
@@ -160,7 +163,8 @@ Box = gymnasium.spaces.Box
 
 
 @pytest.mark.parametrize('observation, action', [
-    (Box(0, 1, (64, 64, 3), np.float32), gymnasium.spaces.Discrete(2)),  # Float image.
+    # Float image.
+    (Box(0, 1, (64, 64, 3), np.float32), gymnasium.spaces.Discrete(2)),
     (Box(0, 1, (3,), np.float32), gymnasium.spaces.MultiDiscrete([2, 3])),
 ])
 def test_unsupported_spaces_are_rejected_before_anything_runs(

@@ -28,13 +28,15 @@ def float32():
 
 
 def lambda_return_loop(reward, value, pcont, bootstrap, lambda_):
-  """R_t = r_t + d_t ((1 - lambda) v_{t+1} + lambda R_{t+1}), R_T = bootstrap."""
+  """R_t = r_t + d_t ((1 - lambda) v_{t+1} + lambda R_{t+1}),
+  R_T = bootstrap."""
   steps = len(reward)
   returns = np.zeros_like(reward)
   next_return = bootstrap
   for t in reversed(range(steps)):
     next_value = value[t + 1] if t + 1 < steps else bootstrap
-    returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * next_value + lambda_ * next_return)
+    returns[t] = reward[t] + pcont[t] * (
+        (1 - lambda_) * next_value + lambda_ * next_return)
     next_return = returns[t]
   return returns
 
@@ -54,7 +56,8 @@ def test_lambda_return_equals_the_recursive_definition(lambda_):
   got = agent_lib.lambda_return(reward, value, pcont, bootstrap, lambda_)
   assert got.shape == (7, 5)
   np.testing.assert_allclose(
-      got, lambda_return_loop(reward, value, pcont, bootstrap, lambda_), rtol=1e-5, atol=1e-5)
+      got, lambda_return_loop(reward, value, pcont, bootstrap, lambda_),
+      rtol=1e-5, atol=1e-5)
 
 
 def test_lambda_one_is_the_discounted_monte_carlo_return_plus_bootstrap():
@@ -74,13 +77,16 @@ def test_lambda_zero_is_the_one_step_td_target():
   reward, value, pcont, bootstrap = random_rollout(2)
   got = agent_lib.lambda_return(reward, value, pcont, bootstrap, 0.0).numpy()
   next_value = np.concatenate([value[1:], bootstrap[None]], 0)
-  np.testing.assert_allclose(got, reward + pcont * next_value, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      got, reward + pcont * next_value, rtol=1e-6, atol=1e-6)
 
 
 def assert_one_hot(action):
-  # Straight-through samples: one_hot + probs - stop_gradient(probs) is 1 up to rounding.
+  # Straight-through samples: one_hot + probs - stop_gradient(probs) is 1 up to
+  # rounding.
   action = np.asarray(action)
-  np.testing.assert_allclose(action, np.eye(action.shape[-1])[action.argmax(-1)], atol=1e-6)
+  np.testing.assert_allclose(
+      action, np.eye(action.shape[-1])[action.argmax(-1)], atol=1e-6)
 
 
 # Gradients in imagination ----------------------------------------------------
@@ -130,7 +136,8 @@ def others(ac, module):
 
 
 def test_reinforce_actor_loss_reaches_only_the_actor():
-  _, wm, ac, start, data = imagination_setup(discrete=True, actor_grad='reinforce')
+  _, wm, ac, start, data = imagination_setup(
+      discrete=True, actor_grad='reinforce')
   tape, _, actor_loss, _ = imagine_losses(wm, ac, start, data)
   actor = grad_norms(tape, actor_loss, ac.actor.trainable_variables)
   assert min(actor) > 0
@@ -145,13 +152,15 @@ def test_dynamics_backpropagation_reaches_the_actor_through_imagined_states():
       discrete=False, actor_grad='dynamics', actor_ent='0')
   tape, _, actor_loss, _ = imagine_losses(wm, ac, start, data)
   assert min(grad_norms(tape, actor_loss, ac.actor.trainable_variables)) > 0
-  # It flows through the prior's transition (the optimizer updates only the actor).
+  # It flows through the prior's transition (the optimizer updates only the
+  # actor).
   assert max(grad_norms(tape, actor_loss, wm.rssm.trainable_variables)) > 0
   # The critic being trained is not part of the actor's objective.
   assert max(grad_norms(tape, actor_loss, ac.critic.trainable_variables)) == 0
 
 
-@pytest.mark.parametrize('discrete', [True, False], ids=['onehot', 'trunc_normal'])
+@pytest.mark.parametrize(
+    'discrete', [True, False], ids=['onehot', 'trunc_normal'])
 def test_critic_loss_reaches_only_the_critic(discrete):
   _, wm, ac, start, data = imagination_setup(discrete=discrete)
   tape, _, _, critic_loss = imagine_losses(wm, ac, start, data)
@@ -173,13 +182,15 @@ def test_steps_after_a_predicted_terminal_carry_no_weight():
   np.testing.assert_array_equal(weight[0], 1.0)
   # The first discount is the replay's: 0.99 unless the start state is terminal.
   terminal = data['is_terminal'].numpy().reshape(-1)
-  np.testing.assert_allclose(weight[1], np.where(terminal, 0.0, 0.99), rtol=1e-6)
+  np.testing.assert_allclose(
+      weight[1], np.where(terminal, 0.0, 0.99), rtol=1e-6)
   assert np.abs(weight[2:]).max() < 1e-20
   # The critic ignores those steps: rewards of 1000 there change nothing.
   reward = reward_fn(wm)(seq)
   losses = []
   for late in (0.0, 1e3):
-    seq['reward'] = tf.concat([reward[:2], tf.fill(tf.shape(reward[2:]), late)], 0)
+    seq['reward'] = tf.concat(
+        [reward[:2], tf.fill(tf.shape(reward[2:]), late)], 0)
     target, _ = ac.target(seq)
     losses.append(float(ac.critic_loss(seq, target)[0]))
   assert losses[1] == pytest.approx(losses[0], rel=1e-5)
@@ -189,7 +200,8 @@ def test_discounts_are_predicted_after_the_first_step():
   _, wm, ac, start, data = imagination_setup()
   seq = wm.imagine(ac.actor, start, data['is_terminal'], HORIZON)
   disc, weight = seq['discount'].numpy(), seq['weight'].numpy()
-  expected = np.cumprod(np.concatenate([np.ones_like(disc[:1]), disc[:-1]], 0), 0)
+  expected = np.cumprod(
+      np.concatenate([np.ones_like(disc[:1]), disc[:-1]], 0), 0)
   np.testing.assert_allclose(weight, expected, rtol=1e-6)
   assert seq['feat'].shape == (HORIZON + 1, 18, wm.feat_size)
   assert seq['action'].shape == (HORIZON + 1, 18, 3)
@@ -201,7 +213,8 @@ def test_discounts_are_predicted_after_the_first_step():
 
 def critic_pairs(ac):
   """[(critic variable, slow target variable)] matched by their path."""
-  named = {n: v for n, v in tfutils.named_variables(ac).items() if '_opt/' not in n}
+  named = {n: v for n, v in tfutils.named_variables(ac).items()
+           if '_opt/' not in n}
   critic_ids = {id(v) for v in ac.critic.variables}
   critic = {n: v for n, v in named.items() if id(v) in critic_ids}
   slow = {n: v for n, v in named.items() if 'target' in n.split('/')[0]}
@@ -229,16 +242,19 @@ def test_slow_critic_is_copied_every_slow_target_update_updates():
 # Exploration -----------------------------------------------------------------
 
 
-def test_plan2explore_reward_is_zero_when_members_agree_and_grows_with_their_spread():
-  # A frozen ensemble (learning rate 0) so the reward is that of the set weights.
-  config = H.tiny_config(expl_behavior='plan2explore', expl_opt={'lr': 0.0, 'wd': 0.0})
+def test_plan2explore_reward_is_zero_when_members_agree_grows_with_spread():
+  # A frozen ensemble (learning rate 0) so the reward is that of the set
+  # weights.
+  config = H.tiny_config(
+      expl_behavior='plan2explore', expl_opt={'lr': 0.0, 'wd': 0.0})
   obs, act = H.obs_space(vector=5), H.act_space(True, 3)
   tf.random.set_seed(0)
   agent = agent_lib.Agent(config, obs, act)
   data = H.batch(obs, act, 3, 6)
   named = tfutils.named_variables(agent)
   members = {n: v for n, v in named.items() if '/ensemble/' in n}
-  assert members and all(v.shape[0] == 3 for v in members.values())   # disag_models
+  # disag_models
+  assert members and all(v.shape[0] == 3 for v in members.values())
   # Members differ only in the last layer's kernel; everything else is shared,
   # so the predictions of member k are shared + spread * (W_k - W_0) h.
   layer = lambda name: int(re.search(r'(\d+)$', name).group(1))
@@ -254,7 +270,8 @@ def test_plan2explore_reward_is_zero_when_members_agree_and_grows_with_their_spr
   for spread in (0.0, 0.5, 1.0, 2.0):
     for name, value in initial.items():
       named[name].assign(value)
-    members[spread_kernel].assign(original[:1] + spread * (original - original[:1]))
+    members[spread_kernel].assign(
+        original[:1] + spread * (original - original[:1]))
     tf.random.set_seed(1)
     metrics = agent.train(data)
     rewards[spread] = float(metrics['expl_reward_mean'])
@@ -275,13 +292,16 @@ def test_each_exploration_behavior_trains_and_acts(behavior):
   assert all(np.isfinite(float(v)) for v in metrics.values())
   expl = sorted(k for k in metrics if k.startswith('expl_'))
   if behavior.lower().replace('_', '') in ('plan2explore', 'modelloss'):
-    assert {'expl_actor_loss', 'expl_critic_loss', 'expl_reward_mean'} <= set(expl), expl
+    assert {'expl_actor_loss', 'expl_critic_loss',
+            'expl_reward_mean'} <= set(expl), expl
     own = ('expl_ensemble_loss' if behavior.lower() == 'plan2explore'
            else 'expl_intr_head_loss')
-    assert own in expl and not any(k.startswith('expl_expl_') for k in expl), expl
+    assert own in expl and not any(
+        k.startswith('expl_expl_') for k in expl), expl
   else:
     assert expl == []
-  obs_step = {'state': np.zeros((2, 5), np.float32), 'is_first': np.ones(2, bool)}
+  obs_step = {'state': np.zeros((2, 5), np.float32),
+              'is_first': np.ones(2, bool)}
   action, _ = agent.policy(obs_step, mode='explore')
   assert_one_hot(action['action'])
 
@@ -289,10 +309,11 @@ def test_each_exploration_behavior_trains_and_acts(behavior):
 # The agent's update ----------------------------------------------------------
 
 METRICS = (
-    'model_loss', 'kl_loss', 'image_loss', 'reward_loss', 'discount_loss', 'model_kl',
-    'prior_ent', 'post_ent', 'actor_loss', 'actor_ent', 'actor_ent_scale', 'critic_loss',
-    'critic', 'critic_slow', 'critic_target', 'reward_mean', 'reward_std',
-    'model_grad_norm', 'model_loss_scale', 'actor_grad_norm', 'critic_grad_norm')
+    'model_loss', 'kl_loss', 'image_loss', 'reward_loss', 'discount_loss',
+    'model_kl', 'prior_ent', 'post_ent', 'actor_loss', 'actor_ent',
+    'actor_ent_scale', 'critic_loss', 'critic', 'critic_slow',
+    'critic_target', 'reward_mean', 'reward_std', 'model_grad_norm',
+    'model_loss_scale', 'actor_grad_norm', 'critic_grad_norm')
 
 
 def network_snapshot(agent, pattern):
@@ -305,16 +326,20 @@ def network_snapshot(agent, pattern):
           and '_opt/' not in n and 'target' not in n}
 
 
-@pytest.mark.parametrize('discrete', [True, False], ids=['onehot', 'trunc_normal'])
-def test_agent_update_reports_the_metrics_and_trains_model_actor_and_critic(discrete):
+@pytest.mark.parametrize(
+    'discrete', [True, False], ids=['onehot', 'trunc_normal'])
+def test_agent_update_reports_the_metrics_and_trains_model_actor_and_critic(
+    discrete):
   # No weight decay: a weight changes only if its gradient reached it.
   nodecay = {'wd': 0.0}
-  config = H.tiny_config(model_opt=nodecay, actor_opt=nodecay, critic_opt=nodecay)
+  config = H.tiny_config(
+      model_opt=nodecay, actor_opt=nodecay, critic_opt=nodecay)
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(discrete, 3)
   tf.random.set_seed(0)
   agent = agent_lib.Agent(config, obs, act)
   parts = {'model': r'^wm/', 'actor': r'(^|/)actor/', 'critic': r'(^|/)critic/'}
-  before = {part: network_snapshot(agent, pattern) for part, pattern in parts.items()}
+  before = {part: network_snapshot(agent, pattern)
+            for part, pattern in parts.items()}
   assert all(len(b) > 0 for b in before.values())
   metrics = agent.train(H.batch(obs, act, 3, 6, terminal_at=(5,)))
   missing = [k for k in METRICS if k not in metrics]
@@ -322,7 +347,7 @@ def test_agent_update_reports_the_metrics_and_trains_model_actor_and_critic(disc
   bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(float(v))}
   assert bad == {}
   assert float(metrics['actor_ent_scale']) == pytest.approx(2e-3)
-  assert float(metrics['model_loss_scale']) == 1.0            # float32: no scaling
+  assert float(metrics['model_loss_scale']) == 1.0  # float32: no scaling
   for part, snapshot in before.items():
     assert H.unchanged(snapshot, agent) == [], part
 
@@ -338,14 +363,15 @@ def test_policy_is_traced_once_per_mode_across_episode_starts_and_ends():
   rng = np.random.default_rng(0)
   def observation(first):
     return {'image': rng.integers(0, 256, (2, 64, 64, 1)).astype(np.uint8),
-            'reward': np.zeros(2, np.float32), 'is_first': np.array([first, False]),
+            'reward': np.zeros(2, np.float32),
+            'is_first': np.array([first, False]),
             'is_last': np.zeros(2, bool), 'is_terminal': np.zeros(2, bool)}
   modes = ('train', 'eval', 'explore')
-  for mode in modes:                              # warm up: a start, then a step
+  for mode in modes:          # warm up: a start, then a step
     _, state = agent.policy(observation(True), None, mode)
     _, state = agent.policy(observation(False), state, mode)
   traces = agent._policy.experimental_get_tracing_count()
-  assert traces == len(modes)                     # one trace per mode
+  assert traces == len(modes)  # one trace per mode
   state = None
   for i in range(12):
     action, state = agent.policy(observation(i % 4 == 0), state, modes[i % 3])
@@ -358,10 +384,12 @@ def test_action_noise_replaces_one_hot_actions_and_perturbs_continuous_ones():
   tf.random.set_seed(0)
   noisy = agent_lib.action_noise(action, 0.4, discrete=True).numpy()
   np.testing.assert_array_equal(noisy.sum(-1), 1.0)
-  # Replaced with probability 0.4 by a uniform action (which is 0 a quarter of the time).
+  # Replaced with probability 0.4 by a uniform action (which is 0 a quarter of
+  # the time).
   assert (noisy.argmax(-1) != 0).mean() == pytest.approx(0.4 * 0.75, abs=0.03)
   assert agent_lib.action_noise(action, 0.0, discrete=True) is action
-  continuous = agent_lib.action_noise(tf.fill([4000, 2], 0.9), 0.3, discrete=False).numpy()
+  continuous = agent_lib.action_noise(
+      tf.fill([4000, 2], 0.9), 0.3, discrete=False).numpy()
   assert continuous.max() <= 1.0 and continuous.min() >= -1.0
   assert continuous.std() > 0.1
 
@@ -374,15 +402,19 @@ def at(schedule, steps):
 
 
 def test_schedules_parse_constants_linear_and_warmup():
-  assert at(tfutils.schedule('1e-3'), [0, 10 ** 6]) == pytest.approx([1e-3, 1e-3])
-  assert at(tfutils.schedule('linear(1,0,10)'), [0, 5, 10, 20]) == pytest.approx([1, 0.5, 0, 0])
+  assert at(tfutils.schedule('1e-3'), [0, 10 ** 6]) == pytest.approx(
+      [1e-3, 1e-3])
+  assert at(tfutils.schedule('linear(1,0,10)'), [0, 5, 10, 20]) == (
+      pytest.approx([1, 0.5, 0, 0]))
   # warmup(duration, value), in the original's order.
-  assert at(tfutils.schedule('warmup(100,1e-3)'), [0, 50, 100, 200]) == pytest.approx(
-      [0, 5e-4, 1e-3, 1e-3])
-  assert at(tfutils.schedule(' linear(0.1, 0.3, 100) '), [50]) == pytest.approx([0.2])
+  assert at(tfutils.schedule('warmup(100,1e-3)'), [0, 50, 100, 200]) == (
+      pytest.approx([0, 5e-4, 1e-3, 1e-3]))
+  assert at(tfutils.schedule(' linear(0.1, 0.3, 100) '), [50]) == (
+      pytest.approx([0.2]))
 
 
-@pytest.mark.parametrize('bad', ['fast', 'linaer(1,0,10)', 'linear(1,0)', 'linear(a,b,c)', ''])
+@pytest.mark.parametrize(
+    'bad', ['fast', 'linaer(1,0,10)', 'linear(1,0)', 'linear(a,b,c)', ''])
 def test_a_bad_schedule_raises_naming_it(bad):
   with pytest.raises(ValueError) as info:
     tfutils.schedule(bad)
@@ -391,7 +423,8 @@ def test_a_bad_schedule_raises_naming_it(bad):
 
 def test_exp_and_horizon_schedules():
   # exp(initial, final, halflife): halfway to final every halflife steps.
-  assert at(tfutils.schedule('exp(1,0,10)'), [0, 10, 20]) == pytest.approx([1, 0.5, 0.25])
+  assert at(tfutils.schedule('exp(1,0,10)'), [0, 10, 20]) == pytest.approx(
+      [1, 0.5, 0.25])
   assert at(tfutils.schedule('exp(3,1,5)'), [5]) == pytest.approx([2])
   # horizon(initial, final, duration): a discount 1 - 1/h for a horizon h
   # moving linearly from initial to final.
@@ -408,15 +441,18 @@ def test_stream_norm_divides_by_a_running_mean_of_magnitudes():
   out, metrics = norm(tf.constant([2.0, -2.0]))
   # mag = 0.5 * 1 + 0.5 * mean(|x|) = 1.5; out = x / 1.5 * scale.
   assert float(norm.mag) == pytest.approx(1.5)
-  np.testing.assert_allclose(out.numpy(), [2 / 1.5 * 2, -2 / 1.5 * 2], rtol=1e-6)
-  assert float(metrics['mean']) == 0.0 and float(metrics['std']) == pytest.approx(2.0)
+  np.testing.assert_allclose(
+      out.numpy(), [2 / 1.5 * 2, -2 / 1.5 * 2], rtol=1e-6)
+  assert (float(metrics['mean']) == 0.0
+          and float(metrics['std']) == pytest.approx(2.0))
   out, _ = norm(tf.constant([6.0, 6.0]))
   assert float(norm.mag) == pytest.approx(0.5 * 1.5 + 0.5 * 6)
   off = tfutils.StreamNorm(momentum=1.0)  # The default: no normalisation.
-  np.testing.assert_allclose(off(tf.constant([3.0]))[0].numpy(), [3.0], rtol=1e-6)
+  np.testing.assert_allclose(
+      off(tf.constant([3.0]))[0].numpy(), [3.0], rtol=1e-6)
 
 
-# Action distributions ------------------------------------------------------------
+# Action distributions --------------------------------------------------------
 
 
 def test_trunc_normal_clips_inside_the_bounds_with_straight_through_gradients():
@@ -429,7 +465,8 @@ def test_trunc_normal_clips_inside_the_bounds_with_straight_through_gradients():
   with tf.GradientTape() as tape:
     clipped = dist._clipped(event * 1.0)
     loss = tf.reduce_sum(clipped * tf.constant([1.0, 2.0, 3.0]))
-  np.testing.assert_allclose(clipped.numpy(), [1 - 1e-6, -1 + 1e-6, 0.3], atol=1e-7)
+  np.testing.assert_allclose(
+      clipped.numpy(), [1 - 1e-6, -1 + 1e-6, 0.3], atol=1e-7)
   assert float(clipped[0]) < 1.0 and float(clipped[1]) > -1.0
   np.testing.assert_allclose(tape.gradient(loss, event).numpy(), [1, 2, 3])
   # The mode is the truncated Normal's mean (inside the bounds), clipped.
@@ -439,10 +476,12 @@ def test_trunc_normal_clips_inside_the_bounds_with_straight_through_gradients():
     raw = tfd.TruncatedNormal(mean, std, -1.0, 1.0).mean()
   np.testing.assert_allclose(mode.numpy(), raw.numpy(), rtol=1e-6)
   np.testing.assert_allclose(
-      tape.gradient(mode, mean).numpy(), tape.gradient(raw, mean).numpy(), rtol=1e-5)
+      tape.gradient(mode, mean).numpy(), tape.gradient(raw, mean).numpy(),
+      rtol=1e-5)
   tf.random.set_seed(0)
-  samples = tf.stack([dists.TruncNormal(tf.fill([200], 0.99), tf.fill([200], 0.5)).sample()
-                      for _ in range(5)])
+  samples = tf.stack([
+      dists.TruncNormal(tf.fill([200], 0.99), tf.fill([200], 0.5)).sample()
+      for _ in range(5)])
   assert float(tf.reduce_max(samples)) <= 1 - 1e-6
   assert float(tf.reduce_min(samples)) >= -1 + 1e-6
 
@@ -462,7 +501,7 @@ def test_tanh_normal_mode_is_the_likeliest_of_its_samples():
   assert float(dist.log_prob(mode)[0]) >= float(dist.log_prob(samples)[0]) - 1.0
 
 
-# Policy options ------------------------------------------------------------------
+# Policy options --------------------------------------------------------------
 
 
 def observation(batch=1, first=True, seed=0):
@@ -476,8 +515,9 @@ def test_eval_state_mean_makes_the_eval_latent_deterministic():
   for state_mean in (True, False):
     tf.random.set_seed(0)
     agent = agent_lib.Agent(H.tiny_config(eval_state_mean=state_mean), obs, act)
-    latents = [agent.policy(observation(64), None, 'eval')[1][0]['stoch'].numpy()
-               for _ in range(2)]
+    latents = [
+        agent.policy(observation(64), None, 'eval')[1][0]['stoch'].numpy()
+        for _ in range(2)]
     same = np.array_equal(*latents)
     assert same == state_mean, state_mean
     # Training always samples its latent.
@@ -493,8 +533,10 @@ def test_eval_noise_replaces_the_eval_action():
     agent = agent_lib.Agent(
         H.tiny_config(eval_noise=noise, eval_state_mean=True), obs, act)
     # The same observation in every row: without noise the same action.
-    obs_same = {k: np.repeat(v[:1], 300, 0) for k, v in observation(300).items()}
-    actions = agent.policy(obs_same, None, 'eval')[0]['action'].numpy().argmax(-1)
+    obs_same = {k: np.repeat(v[:1], 300, 0)
+                for k, v in observation(300).items()}
+    actions = agent.policy(
+        obs_same, None, 'eval')[0]['action'].numpy().argmax(-1)
     assert (len(set(actions)) == 1) == (noise == 0.0), (noise, set(actions))
     if noise:
       assert set(actions) == {0, 1, 2}
@@ -511,14 +553,15 @@ def test_expl_until_explores_until_that_many_frames(tmp_path):
   training = train_lib.Training(
       config, tmp_path, [env], [], [], threading.Event())
   modes = []
-  training.agent.policy = lambda obs, state, mode: (modes.append(mode), ({}, None))[1]
+  training.agent.policy = lambda obs, state, mode: (
+      modes.append(mode), ({}, None))[1]
   for step in (0, 99, 100, 500):  # 400 frames = 100 agent steps.
     training.step.value = step
     training.train_policy({}, None)
   assert modes == ['explore', 'explore', 'train', 'train']
 
 
-# The optimizer ---------------------------------------------------------------------
+# The optimizer ---------------------------------------------------------------
 
 
 def numpy_adam(params, grads, state, lr, eps, clip, wd, beta1=0.9, beta2=0.999):

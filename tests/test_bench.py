@@ -46,7 +46,8 @@ def test_speed_quick_reports_every_figure(tmp_path):
     figures = result[precision]
     for key in ('update_s', 'update_s_min', 'update_s_max', 'compile_s',
                 'policy_ms', 'peak_rss_mb'):
-      assert is_finite(figures.get(key)) and figures[key] > 0, (precision, key, figures)
+      assert is_finite(figures.get(key)) and figures[key] > 0, (
+          precision, key, figures)
   assert result['train_agent_steps_per_s'] is not None, result.get('loop_error')
   for key in ('env_steps_per_s', 'replay_batches_per_s',
               'train_agent_steps_per_s', 'replay_rss_mb_per_1m_frames'):
@@ -57,7 +58,8 @@ def test_speed_quick_reports_every_figure(tmp_path):
 
 
 def test_replay_memory_quick_reports_memory_per_frame(tmp_path):
-  result = run_bench(['bench/replay_memory.py', '--quick'], tmp_path, timeout=120)[-1]
+  result = run_bench(
+      ['bench/replay_memory.py', '--quick'], tmp_path, timeout=120)[-1]
   assert is_finite(result['rss_mb_per_1m_frames']), result
   assert result['stored_steps'] > 0
 
@@ -72,10 +74,12 @@ def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
 
 
 def test_latent_square_quick_reports_the_curve(tmp_path):
-  result = run_bench(['bench/latent_square.py', '--quick'], tmp_path, timeout=120)[-1]
+  result = run_bench(
+      ['bench/latent_square.py', '--quick'], tmp_path, timeout=120)[-1]
   assert [row['updates'] for row in result['curve']] == [2, 4], result
   assert all(row['grad_norm_max'] > 0 for row in result['curve']), result
-  assert all(is_finite(y) for row in result['curve'] for y in row.values()), result
+  assert all(is_finite(y) for row in result['curve']
+             for y in row.values()), result
   assert is_finite(result['floor']) and result['floor'] > 0, result
   assert is_finite(result['final_ratio']), result
 
@@ -99,12 +103,14 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(tmp_path):
       ['bench/pong_world_model.py', '--quick', '--outdir', str(outdir)],
       tmp_path)[-1]
   for key in ('loss_start', 'loss_end', 'openl_mse'):
-    assert result[key] and all(is_finite(v) for v in result[key].values()), (key, result)
+    assert result[key] and all(
+        is_finite(v) for v in result[key].values()), (key, result)
   # --quick trains 3 updates and measures at update 2 and at the end.
   assert [row['updates'] for row in result['openl_mse_curve']] == [2, 3], result
-  assert all(is_finite(y) for row in result['openl_mse_curve'] for y in row.values()), result
-  for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent', 'eps_bound_encoder',
-              'eps_bound_decoder', 'grad_norm_max'):
+  assert all(is_finite(y) for row in result['openl_mse_curve']
+             for y in row.values()), result
+  for key in ('image_loss', 'kl_loss', 'post_ent', 'prior_ent',
+              'eps_bound_encoder', 'eps_bound_decoder', 'grad_norm_max'):
     assert all(key in row for row in result['openl_mse_curve']), (key, result)
   assert (outdir / 'pong-world-model-openl-quick.png').exists()
   assert pathlib.Path(result['png']).exists()
@@ -117,8 +123,8 @@ def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
   # SIGINT after the first curve row (update 2 of 100000): the script stops
   # training and still prints the full JSON line and the strips.
   process = subprocess.Popen(
-      [sys.executable, 'bench/pong_world_model.py', '--quick', '--updates', '100000',
-       '--outdir', str(tmp_path / 'out')],
+      [sys.executable, 'bench/pong_world_model.py', '--quick',
+       '--updates', '100000', '--outdir', str(tmp_path / 'out')],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env={**os.environ, 'TMPDIR': str(tmp_path)},
       # As a shell starts a background job: SIGINT ignored until the script
@@ -151,11 +157,14 @@ def test_pong_world_model_checkpoint_resumes_where_the_run_stopped(tmp_path):
                       '--checkpoint', str(ckpt), '--outdir', out], tmp_path)[-1]
   # The optimizer's update count came back: training went on from 4, not 0.
   assert second['updates'] == 6, second
-  assert [(s['start'], s['end']) for s in second['segments']] == [(0, 4), (4, 6)], second
-  assert [row['updates'] for row in second['openl_mse_curve']] == [2, 4, 6], second
+  assert [(s['start'], s['end']) for s in second['segments']] == [
+      (0, 4), (4, 6)], second
+  assert [row['updates'] for row in second['openl_mse_curve']] == [
+      2, 4, 6], second
   # The first segment's losses and rows are the first run's, kept unchanged.
   assert second['loss_start'] == first['loss_start'], (first, second)
-  assert second['openl_mse_curve'][:2] == first['openl_mse_curve'], (first, second)
+  assert second['openl_mse_curve'][:2] == first['openl_mse_curve'], (
+      first, second)
   assert second['train_episodes'] == first['train_episodes'], (first, second)
   assert second['train_steps'] == first['train_steps'], (first, second)
   # The weights came back: a third run has nothing to train and measures
@@ -164,13 +173,15 @@ def test_pong_world_model_checkpoint_resumes_where_the_run_stopped(tmp_path):
   third = run_bench(['bench/pong_world_model.py', '--quick', '--updates', '6',
                      '--checkpoint', str(ckpt), '--outdir', out], tmp_path)[-1]
   assert third['updates'] == 6 and len(third['segments']) == 2, third
-  assert third['openl_mse']['recon'] == pytest.approx(second['openl_mse']['recon'], rel=1e-3)
+  assert third['openl_mse']['recon'] == pytest.approx(
+      second['openl_mse']['recon'], rel=1e-3)
 
 
 def test_pong_world_model_checkpoint_refuses_other_settings(tmp_path):
   ckpt = tmp_path / 'ckpt'
   run_bench(['bench/pong_world_model.py', '--quick', '--updates', '2',
-             '--checkpoint', str(ckpt), '--outdir', str(tmp_path / 'out')], tmp_path)
+             '--checkpoint', str(ckpt), '--outdir', str(tmp_path / 'out')],
+            tmp_path)
   before = (ckpt / 'progress.json').read_text()
   result = subprocess.run(
       [sys.executable, 'bench/pong_world_model.py', '--quick', '--seed', '1',
@@ -185,20 +196,23 @@ def test_pong_world_model_checkpoint_refuses_other_settings(tmp_path):
 
 
 TINY_AGENT = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
-              '--rssm.discrete', '4', '--encoder.cnn_depth', '4', '--decoder.cnn_depth', '4',
-              '--reward_head.units', '16', '--discount_head.units', '16',
-              '--actor.units', '16', '--critic.units', '16', '--dataset.length', '10',
+              '--rssm.discrete', '4', '--encoder.cnn_depth', '4',
+              '--decoder.cnn_depth', '4', '--reward_head.units', '16',
+              '--discount_head.units', '16', '--actor.units', '16',
+              '--critic.units', '16', '--dataset.length', '10',
               '--imag_horizon', '3']
 
 
 def test_profile_update_reports_the_top_ops_and_removes_its_trace(tmp_path):
-  result = run_bench(['bench/profile_update.py', '--calls', '1', '--batch', '2', '--top', '3',
-                      '--config'] + TINY_AGENT, tmp_path)[-1]
+  result = run_bench(['bench/profile_update.py', '--calls', '1', '--batch', '2',
+                      '--top', '3', '--config'] + TINY_AGENT, tmp_path)[-1]
   assert is_finite(result['update_s']) and result['update_s'] > 0, result
-  assert is_finite(result['op_ms_per_update']) and result['op_ms_per_update'] > 0, result
+  assert (is_finite(result['op_ms_per_update'])
+          and result['op_ms_per_update'] > 0), result
   for key in ('top_types', 'top_ops'):
     assert len(result[key]) == 3, result
-    assert all(row['op'] and is_finite(row['ms_per_update']) and 0 < row['share'] <= 1
+    assert all(row['op'] and is_finite(row['ms_per_update'])
+               and 0 < row['share'] <= 1
                for row in result[key]), result
   assert not list(tmp_path.glob('dreamer_profile_*')), list(tmp_path.iterdir())
 
@@ -206,20 +220,24 @@ def test_profile_update_reports_the_top_ops_and_removes_its_trace(tmp_path):
 def test_env_speed_reports_steps_per_second(tmp_path):
   result = run_bench(['bench/env_speed.py', '--steps', '200'], tmp_path)[-1]
   assert result['task'] == 'atari_pong' and result['steps'] == 200, result
-  for key in ('env_steps_per_second', 'env_frames_per_second', 'driver_steps_per_second'):
+  for key in ('env_steps_per_second', 'env_frames_per_second',
+              'driver_steps_per_second'):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
   assert result['env_frames_per_second'] == pytest.approx(
-      result['env_steps_per_second'] * result['action_repeat'], rel=0.01), result
-  for key in ('ours_steps_per_second', 'gymnasium_preprocessing_steps_per_second',
+      result['env_steps_per_second'] * result['action_repeat'],
+      rel=0.01), result
+  for key in ('ours_steps_per_second',
+              'gymnasium_preprocessing_steps_per_second',
               'ours_over_gymnasium'):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
 
 
 def test_plot_speed_plots_the_generated_runs(tmp_path):
-  result = run_bench(['bench/plot_speed.py', '--tasks', '2', '--methods', '2', '--seeds', '2',
-                      '--lines', '20'], tmp_path)[-1]
+  result = run_bench(['bench/plot_speed.py', '--tasks', '2', '--methods', '2',
+                      '--seeds', '2', '--lines', '20'], tmp_path)[-1]
   assert result['runs'] == 8, result
-  assert is_finite(result['plot_seconds']) and result['plot_seconds'] > 0, result
+  assert (is_finite(result['plot_seconds'])
+          and result['plot_seconds'] > 0), result
   assert all(size > 0 for size in result['output_bytes'].values()), result
   assert set(result['output_bytes']) >= {'curves.json', 'curves.png'}, result
 
@@ -228,7 +246,8 @@ def test_bias_grad_prints_its_three_sums(tmp_path):
   # That add_bias matches the float32 sum is test_precision's claim; here the
   # script runs and prints its figures.
   result = run_bench(['bench/bias_grad.py'], tmp_path)[-1]
-  for key in ('nets_add_bias_bfloat16', 'float32_sum', 'bias_add_grad_bfloat16'):
+  for key in ('nets_add_bias_bfloat16', 'float32_sum',
+              'bias_add_grad_bfloat16'):
     assert is_finite(result[key]), (key, result)
 
 
@@ -279,5 +298,6 @@ def test_learn_dmc_quick_resumes_and_reports_every_figure(tmp_path):
   assert 'before the first published point at 30000' in reason
   assert result['published'] == {}
   scores = json.loads(pathlib.Path(result['scores']).read_text())
-  assert scores[0]['method'] == 'dreamerv2_tf2' and scores[0]['xs'] == run['frames']
+  assert (scores[0]['method'] == 'dreamerv2_tf2'
+          and scores[0]['xs'] == run['frames'])
   assert pathlib.Path(result['png']).stat().st_size > 0

@@ -45,7 +45,8 @@ def test_flags_win_wherever_configs_is_written():
 
 
 def test_defaults_is_implied_first():
-  assert parse(['--configs', 'atari']) == parse(['--configs', 'defaults', 'atari'])
+  assert parse(['--configs', 'atari']) == parse(
+      ['--configs', 'defaults', 'atari'])
   assert parse([]) == configlib.Config(configlib.load_configs()['defaults'])
   assert parse([]).rssm.deter == 1024
 
@@ -89,8 +90,8 @@ def test_dmc_is_the_same_block_as_dmc_vision():
 def test_nested_update_only_touches_given_subkeys():
   config = parse(['--configs', 'atari'])
   assert dict(config.rssm) == {
-      'ensemble': 1, 'hidden': 600, 'deter': 600, 'stoch': 32, 'discrete': 32, 'act': 'elu',
-      'norm': 'none', 'std_act': 'sigmoid2', 'min_std': 0.1}
+      'ensemble': 1, 'hidden': 600, 'deter': 600, 'stoch': 32, 'discrete': 32,
+      'act': 'elu', 'norm': 'none', 'std_act': 'sigmoid2', 'min_std': 0.1}
   assert config.encoder.cnn_depth == 48
   assert config.encoder.cnn_kernels == (4, 4, 4, 4)
   updated = config.update({'rssm': {'stoch': 16}})
@@ -178,13 +179,15 @@ def test_equals_form_and_strings_as_is():
     (['--steps', '1.5'], "error: --steps expects an int, got '1.5'"),
     (['--model_opt.lr', 'fast'], '--model_opt.lr expects a float'),
     (['--jit', 'maybe'], '--jit expects a bool'),
-    (['--render_size', '64,x'], '--render_size expects a comma separated list of ints'),
+    (['--render_size', '64,x'],
+     '--render_size expects a comma separated list of ints'),
     (['--steps'], '--steps expects a value'),
     (['--steps', '--prefill', '5'], '--steps expects a value'),
     (['--steps', '1', '2'], '--steps expects one value'),
     (['--steps', '1', '--steps', '2'], '--steps given twice'),
     (['--rssm', '600'], '--rssm is a group of keys'),
-    (['--configs', 'atarii'], "error: unknown config 'atarii' (choices: defaults, atari,"),
+    (['--configs', 'atarii'],
+     "error: unknown config 'atarii' (choices: defaults, atari,"),
     (['--configs'], '--configs expects config names'),
     (['--configs', 'atari', 'defaults'], "'defaults' must come first"),
     (['atari_pong'], "unexpected argument 'atari_pong'"),

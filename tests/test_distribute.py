@@ -27,13 +27,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 WEIGHTS_RTOL, SLOTS_RTOL, METRICS_RTOL = 5e-5, 5e-4, 1e-4
 
 
-def run(tmp_path, name, strategy, devices, updates, *extra, env=None, wait=True):
+def run(tmp_path, name, strategy, devices, updates, *extra, env=None,
+        wait=True):
   out = tmp_path / f'{name}.npz'
   command = [sys.executable, 'tests/distributed_run.py', str(out), strategy,
              str(devices), str(updates), *extra]
   process = subprocess.Popen(
-      command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, **(env or {})})
+      command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env={**os.environ, **(env or {})})
   if not wait:
     return process, out
   _, err = process.communicate(timeout=300)
@@ -57,12 +58,13 @@ def assert_same_update(one, many):
       np.testing.assert_array_equal(copy, copies[0], err_msg=name)
     rtol = SLOTS_RTOL if '_opt/' in name else WEIGHTS_RTOL
     scale = np.abs(value[0]).max() if value.dtype.kind == 'f' else 0
-    np.testing.assert_allclose(copies[0], value[0], rtol=0, atol=rtol * scale + 1e-9,
-                               err_msg=name)
+    np.testing.assert_allclose(copies[0], value[0], rtol=0,
+                               atol=rtol * scale + 1e-9, err_msg=name)
   for ours, theirs in zip(single_metrics, multi_metrics):
     assert ours.keys() == theirs.keys()
     for key, value in ours.items():
-      assert theirs[key] == pytest.approx(value, rel=METRICS_RTOL, abs=1e-7), key
+      assert theirs[key] == pytest.approx(
+          value, rel=METRICS_RTOL, abs=1e-7), key
 
 
 @pytest.fixture(scope='module')
@@ -71,7 +73,8 @@ def one_device(tmp_path_factory):
   return run(tmp_path_factory.mktemp('one'), 'none', 'none', 0, 3)
 
 
-def test_mirrored_over_two_devices_is_the_one_device_update(one_device, tmp_path):
+def test_mirrored_over_two_devices_is_the_one_device_update(
+    one_device, tmp_path):
   mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
   assert_same_update(one_device, mirrored)
   variables, metrics, _ = mirrored
@@ -87,7 +90,8 @@ def test_mirrored_over_two_devices_is_the_one_device_update(one_device, tmp_path
 def test_an_overflow_on_one_replica_skips_the_step_on_all(tmp_path):
   # float16 with loss scaling (as on a GPU): the second half of the batch
   # overflows, which only replica 1 sees; the clean batch does not overflow.
-  for case, skipped, scale in (('float16', 1, 2.0 ** 14), ('float16clean', 0, 2.0 ** 15)):
+  for case, skipped, scale in (('float16', 1, 2.0 ** 14),
+                               ('float16clean', 0, 2.0 ** 15)):
     variables, metrics, _ = run(tmp_path, case, 'mirrored', 2, 1, case)
     for opt in ('wm/model_opt',):
       assert variables[f'{opt}/skipped'].tolist() == [skipped] * 2, case
@@ -111,7 +115,8 @@ def tf_config(cluster, index):
       {'cluster': cluster, 'task': {'type': 'worker', 'index': index}})}
 
 
-def test_two_workers_equal_each_other_and_the_mirrored_run(one_device, tmp_path):
+def test_two_workers_equal_each_other_and_the_mirrored_run(
+    one_device, tmp_path):
   cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
   started = [run(tmp_path, f'worker{i}', 'multi_worker', 0, 3,
                  env=tf_config(cluster, i), wait=False) for i in range(2)]
@@ -130,14 +135,15 @@ def test_two_workers_equal_each_other_and_the_mirrored_run(one_device, tmp_path)
   mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
   assert_same_update(one_device, workers[0])
   for name, value in mirrored[0].items():
-    np.testing.assert_allclose(workers[0][0][name][0], value[0], rtol=1e-6, atol=1e-9,
-                               err_msg=name)
+    np.testing.assert_allclose(workers[0][0][name][0], value[0], rtol=1e-6,
+                               atol=1e-9, err_msg=name)
 
 
 def test_train_py_mirrored_then_resumed_on_one_device(tmp_path):
   logdir = tmp_path / 'pong'
   result = T.train(logdir, {'steps': 300, 'eval_every': 100,
-                            'distribute.strategy': 'mirrored', 'distribute.cpu_devices': 2})
+                            'distribute.strategy': 'mirrored',
+                            'distribute.cpu_devices': 2})
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'Distribute mirrored: 2 replicas' in result.stdout
   assert 'batch 4 = 2 per replica' in result.stdout
@@ -147,16 +153,19 @@ def test_train_py_mirrored_then_resumed_on_one_device(tmp_path):
   result = T.train(logdir, {'steps': 400, 'eval_every': 100})
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'distribute.strategy: mirrored -> none' in result.stdout
-  assert 'Pretrain' not in result.stdout and 'Finished 400 steps' in result.stdout
+  assert ('Pretrain' not in result.stdout
+          and 'Finished 400 steps' in result.stdout)
 
 
 def test_train_py_with_a_chief_and_a_worker(tmp_path):
   logdir = tmp_path / 'pong'
   cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
-  flags = {'steps': 300, 'eval_every': 100, 'distribute.strategy': 'multi_worker'}
+  flags = {'steps': 300, 'eval_every': 100,
+           'distribute.strategy': 'multi_worker'}
   processes = [subprocess.Popen(
       T.command(logdir, flags), cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True, env={**os.environ, **tf_config(cluster, i)})
+      stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, **tf_config(cluster, i)})
       for i in range(2)]
   outputs = []
   try:
@@ -167,7 +176,8 @@ def test_train_py_with_a_chief_and_a_worker(tmp_path):
       if process.poll() is None:
         process.kill()
   chief, worker = outputs
-  assert [p.returncode for p in processes] == [0, 0], chief[-2000:] + worker[-2000:]
+  assert [p.returncode for p in processes] == [0, 0], (
+      chief[-2000:] + worker[-2000:])
   assert 'Finished 300 steps' in chief
   updates = int(worker.split('the chief made its last update; ')[1].split()[0])
   # Each of the chief's updates was one of the worker's: pretrain, one per 16
@@ -180,9 +190,10 @@ def test_train_py_with_a_chief_and_a_worker(tmp_path):
 
 @pytest.mark.parametrize('flags, message', [
     ({'distribute.strategy': 'mirrored', 'distribute.cpu_devices': 3},
-     'dataset.batch 4 does not divide among the 3 replicas of distribute.strategy '
-     'mirrored'),
-    ({'distribute.strategy': 'multi_worker'}, 'needs the TF_CONFIG environment variable'),
+     'dataset.batch 4 does not divide among the 3 replicas of '
+     'distribute.strategy mirrored'),
+    ({'distribute.strategy': 'multi_worker'},
+     'needs the TF_CONFIG environment variable'),
     ({'distribute.strategy': 'ring'}, 'none, mirrored, multi_worker'),
 ])
 def test_a_distribute_setting_that_cannot_work_exits_2_before_tensorflow(
@@ -190,8 +201,8 @@ def test_a_distribute_setting_that_cannot_work_exits_2_before_tensorflow(
   env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
   argv = T.command(tmp_path / 'run', flags)
   result = subprocess.run(
-      [sys.executable, '-c', T.TRACKED] + argv[2:], cwd=ROOT, capture_output=True,
-      text=True, timeout=60, env=env)
+      [sys.executable, '-c', T.TRACKED] + argv[2:], cwd=ROOT,
+      capture_output=True, text=True, timeout=60, env=env)
   assert result.returncode == 2, result.stdout + result.stderr
   lines = result.stderr.strip().splitlines()
   assert lines[-1] == 'TF_LOADED=False' and len(lines) == 2, result.stderr

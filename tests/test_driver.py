@@ -14,7 +14,8 @@ class CountingEnv:
 
   def __init__(self, length, actions=3):
     self.length = length
-    self.obs_space = {'image': envs._image_space((4, 4, 1)), **envs._base_spaces()}
+    self.obs_space = {
+        'image': envs._image_space((4, 4, 1)), **envs._base_spaces()}
     self.act_space = {'action': envs.OneHotBox(actions)}
     self.resets = 0
 
@@ -56,7 +57,8 @@ def test_episodes_have_length_plus_one_and_start_with_a_zero_action():
   episodes = []
   driver.on_episode(lambda ep, worker: episodes.append((worker, ep)))
   driver(Policy(), episodes=3)
-  assert [(w, len(ep['reward'])) for w, ep in episodes] == [(0, 4), (1, 6), (0, 4)]
+  assert [(w, len(ep['reward'])) for w, ep in episodes] == [
+      (0, 4), (1, 6), (0, 4)]
   worker, ep = episodes[1]
   assert ep['image'].dtype == np.uint8 and ep['image'].shape == (6, 4, 4, 1)
   assert ep['action'].dtype == np.float32 and ep['action'].shape == (6, 3)
@@ -89,7 +91,8 @@ def test_policy_state_is_passed_back_and_episodes_continue_across_calls():
   env_list = [CountingEnv(5), CountingEnv(2)]
   driver = driver_lib.Driver(env_list)
   episodes = []
-  driver.on_episode(lambda ep, worker: episodes.append((worker, len(ep['reward']))))
+  driver.on_episode(
+      lambda ep, worker: episodes.append((worker, len(ep['reward']))))
   policy = Policy()
   driver(policy, steps=2)
   driver(policy, steps=6)
@@ -122,13 +125,15 @@ def test_policy_outputs_are_converted_with_asarray():
   driver = driver_lib.Driver([CountingEnv(2)])
   episodes = []
   driver.on_episode(lambda ep, worker: episodes.append(ep))
-  policy = lambda obs, state: ({'action': ArrayLike(np.eye(3, dtype=np.float16)[[2]])}, state)
+  policy = lambda obs, state: (
+      {'action': ArrayLike(np.eye(3, dtype=np.float16)[[2]])}, state)
   driver(policy, episodes=1)
   assert episodes[0]['action'].dtype == np.float32
   assert episodes[0]['reward'].tolist() == [0, 2, 2]
   # The agent's mixed-precision dtype on CPU (ml_dtypes comes with TensorFlow).
   from ml_dtypes import bfloat16
-  policy = lambda obs, state: ({'action': np.eye(3, dtype=bfloat16)[[1]]}, state)
+  policy = lambda obs, state: (
+      {'action': np.eye(3, dtype=bfloat16)[[1]]}, state)
   driver(policy, episodes=1)
   assert episodes[1]['action'].dtype == np.float32
 
@@ -144,7 +149,8 @@ def test_driver_runs_parallel_atari_envs_with_a_time_limit(strategy):
   rng = np.random.default_rng(0)
 
   def random_policy(obs, state):
-    actions = np.eye(18, dtype=np.float32)[rng.integers(0, 18, len(obs['image']))]
+    actions = np.eye(18, dtype=np.float32)[
+        rng.integers(0, 18, len(obs['image']))]
     return {'action': actions}, state
 
   driver(random_policy, episodes=2)
@@ -152,7 +158,8 @@ def test_driver_runs_parallel_atari_envs_with_a_time_limit(strategy):
     env.close()
   assert sorted(worker for worker, _ in episodes) == [0, 1]
   for _, ep in episodes:
-    assert ep['image'].shape == (21, 64, 64, 1) and ep['image'].dtype == np.uint8
+    assert (ep['image'].shape == (21, 64, 64, 1)
+            and ep['image'].dtype == np.uint8)
     assert ep['action'].shape == (21, 18) and (ep['action'][0] == 0).all()
     assert (ep['action'][1:].sum(-1) == 1).all()
     assert ep['is_last'][-1] and not ep['is_terminal'].any()

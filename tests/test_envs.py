@@ -36,7 +36,8 @@ def check_obs(obs, obs_space):
 
 def test_atari_sees_64x64_grayscale_and_acts_with_18_one_hot_actions():
   env = envs.make('atari_pong', action_repeat=4, seed=0)
-  assert env.obs_space['image'] == gymnasium.spaces.Box(0, 255, (64, 64, 1), np.uint8)
+  assert env.obs_space['image'] == gymnasium.spaces.Box(
+      0, 255, (64, 64, 1), np.uint8)
   space = env.act_space['action']
   assert isinstance(space, gymnasium.spaces.Box)
   assert space.shape == (18,) and space.dtype == np.float32 and space.discrete
@@ -65,14 +66,16 @@ def test_atari_starts_after_1_to_30_random_noops():
   assert env._ale.getEpisodeFrameNumber() == 0
 
 
-def test_a_game_ending_mid_repeat_shows_its_last_frame_where_gymnasium_is_stale():
+def test_a_game_ending_mid_repeat_shows_its_last_frame_where_gymnasium_is_stale(
+):
   # Why envs.Atari is ours and not gymnasium's AtariPreprocessing (which the
   # original used; bench/env_speed.py times both): when the game ends before
   # the last frame of a repeat, the wrapper returns the previous step's pooled
   # frame again, and ours the screen the game ended on.
   import ale_py
   gymnasium.register_envs(ale_py)
-  seed = 2  # Pong, noops 0: random play ends at frame 3606 (ours), 3607 (theirs).
+  # Pong, noops 0: random play ends at frame 3606 (ours), 3607 (theirs).
+  seed = 2
   env = envs.Atari('pong', seed=seed, noops=0)
   env.reset()
   rng = np.random.default_rng(seed)
@@ -83,7 +86,8 @@ def test_a_game_ending_mid_repeat_shows_its_last_frame_where_gymnasium_is_stale(
   screen = np.zeros((210, 160, 1), np.uint8)
   env._ale.getScreenGrayscale(screen[:, :, 0])
   np.testing.assert_array_equal(obs['image'], envs._resize(screen, (64, 64)))
-  theirs = gymnasium.make('ALE/Pong-v5', frameskip=1, repeat_action_probability=0.25,
+  theirs = gymnasium.make('ALE/Pong-v5', frameskip=1,
+                          repeat_action_probability=0.25,
                           full_action_space=True)
   theirs = gymnasium.wrappers.AtariPreprocessing(
       theirs, noop_max=0, frame_skip=4, screen_size=64, grayscale_obs=True)
@@ -187,7 +191,8 @@ def test_unknown_game_names_close_matches():
     envs.check_task('atari_montezuma')
   with pytest.raises(envs.UnknownTask, match='atari, dmc, crafter'):
     envs.check_task('mujoco_walker')
-  with pytest.raises(envs.UnknownTask, match='crafter_reward, crafter_noreward'):
+  with pytest.raises(envs.UnknownTask,
+                     match='crafter_reward, crafter_noreward'):
     envs.check_task('crafter_hard')
   for task in ('atari_pong', 'atari_montezuma_revenge', 'atari_private_eye',
                'atari_james_bond'):
@@ -199,7 +204,8 @@ def test_missing_package_names_the_install_command(monkeypatch):
   find_spec = envs.importlib.util.find_spec
   monkeypatch.setattr(
       envs.importlib.util, 'find_spec',
-      lambda name: None if name in ('crafter', 'dm_control', 'minigrid') else find_spec(name))
+      lambda name: (None if name in ('crafter', 'dm_control', 'minigrid')
+                    else find_spec(name)))
   with pytest.raises(envs.MissingPackage, match='requirements-extras.txt'):
     envs.check_task('crafter_reward')
   with pytest.raises(envs.MissingPackage, match="'minigrid'"):
@@ -251,7 +257,8 @@ def test_gym_image_env_gets_image_key_and_one_hot_actions():
 
 def test_gym_vector_env_terminal_and_truncation():
   env = envs.GymWrapper(gymnasium.make('CartPole-v1'), seed=0)
-  assert env.obs_space['vector'] == gymnasium.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+  assert env.obs_space['vector'] == gymnasium.spaces.Box(
+      -np.inf, np.inf, (4,), np.float32)
   env = envs.OneHotAction(env)
   obs = env.reset()
   check_obs(obs, env.obs_space)
@@ -299,13 +306,18 @@ def test_gym_dict_observations_keep_their_keys():
 
 
 @pytest.mark.parametrize('obs_space, act_space, bad', [
-    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.MultiDiscrete([2, 3]), 'MultiDiscrete'),
-    (gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)]), gymnasium.spaces.Discrete(2), 'Tuple'),
+    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.MultiDiscrete([2, 3]),
+     'MultiDiscrete'),
+    (gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)]),
+     gymnasium.spaces.Discrete(2), 'Tuple'),
     (gymnasium.spaces.Text(5), gymnasium.spaces.Discrete(2), 'Text'),
-    (gymnasium.spaces.Box(0, 1, (4, 4)), gymnasium.spaces.Discrete(2), r'Box\(0.0, 1.0, \(4, 4\)'),
-    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.Box(0, 1, (2, 2)), r'Box\(0.0, 1.0, \(2, 2\)'),
+    (gymnasium.spaces.Box(0, 1, (4, 4)), gymnasium.spaces.Discrete(2),
+     r'Box\(0.0, 1.0, \(4, 4\)'),
+    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.Box(0, 1, (2, 2)),
+     r'Box\(0.0, 1.0, \(2, 2\)'),
 ])
-def test_unsupported_gym_spaces_are_rejected_before_running(obs_space, act_space, bad):
+def test_unsupported_gym_spaces_are_rejected_before_running(
+    obs_space, act_space, bad):
   class BadEnv(gymnasium.Env):
     def reset(self, seed=None, options=None):
       raise AssertionError('must not run')
@@ -343,9 +355,11 @@ def test_one_hot_action_passes_the_index_and_rejects_other_vectors():
   assert space.discrete and space.shape == (4,) and space.dtype == np.float32
   assert pickle.loads(pickle.dumps(space)).discrete
   env.step(onehot(2, 4))
-  env.step({'action': np.array([0, 0, 0, 0.999], np.float32)})  # bfloat16 rounding
+  # bfloat16 rounding
+  env.step({'action': np.array([0, 0, 0, 0.999], np.float32)})
   assert inner.actions == [2, 3]
-  for bad in ([0.3, 0.7, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0], [np.nan, 1, 0, 0]):
+  for bad in ([0.3, 0.7, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0],
+              [np.nan, 1, 0, 0]):
     with pytest.raises(ValueError, match='one-hot vector of shape \\(4,\\)'):
       env.step({'action': np.array(bad, np.float32)})
   with pytest.raises(envs.UnsupportedSpace):
@@ -354,7 +368,8 @@ def test_one_hot_action_passes_the_index_and_rejects_other_vectors():
 
 def test_normalize_action_maps_minus_one_one_to_finite_bounds_only():
   inner = RecordingEnv(gymnasium.spaces.Box(
-      np.array([0, -2, -np.inf], np.float32), np.array([10, 2, np.inf], np.float32)))
+      np.array([0, -2, -np.inf], np.float32),
+      np.array([10, 2, np.inf], np.float32)))
   env = envs.NormalizeAction(inner)
   space = env.act_space['action']
   assert space.low.tolist() == [-1, -1, -np.inf]
@@ -404,7 +419,8 @@ def test_process_errors_carry_the_env_traceback():
   with pytest.raises(envs.UnknownTask, match='pongg') as info:
     envs.Parallel(functools.partial(envs.make, 'atari_pongg'), 'process')
   assert 'Traceback in the env process' in ''.join(info.value.__notes__)
-  env = envs.Parallel(functools.partial(envs.make, 'atari_pong', seed=0), 'process')
+  env = envs.Parallel(
+      functools.partial(envs.make, 'atari_pong', seed=0), 'process')
   env.reset()
   with pytest.raises(ValueError, match='one-hot') as info:
     env.step({'action': np.ones(18, np.float32)})
@@ -430,7 +446,8 @@ def test_dmc_walker_images_proprio_and_time_limit():
   env = envs.Parallel(functools.partial(
       envs.make, 'dmc_walker_walk', action_repeat=100, seed=0), 'process')
   space = env.act_space['action']
-  assert space.shape == (6,) and (space.low == -1).all() and (space.high == 1).all()
+  assert (space.shape == (6,) and (space.low == -1).all()
+          and (space.high == 1).all())
   assert env.obs_space['image'].shape == (64, 64, 3)
   assert env.obs_space['height'].shape == (1,)
   assert env.obs_space['orientations'].shape == (14,)
@@ -448,7 +465,8 @@ def test_dmc_walker_images_proprio_and_time_limit():
   env.close()
   code = (
       'from common import envs\n'
-      'envs.check_task("dmc_cup_catch"); envs.check_task("dmc_point_mass_easy")\n'
+      'envs.check_task("dmc_cup_catch"); '
+      'envs.check_task("dmc_point_mass_easy")\n'
       'try:\n  envs.check_task("dmc_walker_wlak")\n'
       'except envs.UnknownTask as e:\n  print(e)\n')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
@@ -458,7 +476,8 @@ def test_dmc_walker_images_proprio_and_time_limit():
 
 
 def test_crafter_noreward_logs_its_reward_and_evaluates_with_it():
-  import crafter  # noqa: F401 (make test installs the extras: missing is a failure)
+  # make test installs the extras: missing is a failure.
+  import crafter  # noqa: F401
   rewards = {}
   for mode in ('train', 'eval'):
     env = envs.make('crafter_noreward', mode, seed=0)
@@ -482,9 +501,11 @@ def test_crafter_noreward_logs_its_reward_and_evaluates_with_it():
 
 
 def test_minigrid_from_pixels():
-  import minigrid  # noqa: F401 (make test installs the extras: missing is a failure)
+  # make test installs the extras: missing is a failure.
+  import minigrid  # noqa: F401
   env = envs.make_minigrid('MiniGrid-Empty-5x5-v0', seed=0)
-  assert env.act_space['action'].shape == (7,) and env.act_space['action'].discrete
+  assert (env.act_space['action'].shape == (7,)
+          and env.act_space['action'].discrete)
   obs = env.reset()
   check_obs(obs, env.obs_space)
   assert obs['image'].shape == (64, 64, 3) and obs['image'].std() > 0
@@ -496,7 +517,8 @@ def test_minigrid_from_pixels():
 
 
 def test_minigrid_task_names_map_to_gymnasium_ids():
-  import minigrid  # noqa: F401 (make test installs the extras: missing is a failure)
+  # make test installs the extras: missing is a failure.
+  import minigrid  # noqa: F401
   assert envs.minigrid_env_id('empty_5x5') == 'MiniGrid-Empty-5x5-v0'
   assert envs.minigrid_env_id('door_key_5x5') == 'MiniGrid-DoorKey-5x5-v0'
   env = envs.make('minigrid_empty_5x5', seed=0)
@@ -507,10 +529,12 @@ def test_minigrid_task_names_map_to_gymnasium_ids():
   assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
   env = envs.make('minigrid_empty_5x5', time_limit=3, seed=0)
   env.reset()
-  assert [env.step(onehot(0, 7))['is_last'] for _ in range(3)] == [False, False, True]
+  assert [env.step(onehot(0, 7))['is_last'] for _ in range(3)] == [
+      False, False, True]
   with pytest.raises(ValueError, match='action repeat'):
     envs.make('minigrid_empty_5x5', action_repeat=2)
-  with pytest.raises(envs.UnknownTask, match=r"'emtpy_5x5'.*minigrid_empty_5x5"):
+  with pytest.raises(envs.UnknownTask,
+                     match=r"'emtpy_5x5'.*minigrid_empty_5x5"):
     envs.make('minigrid_emtpy_5x5')
   with pytest.raises(envs.UnknownTask, match='minigrid_door_key_5x5'):
     envs.check_task('minigrid_doorkey_5x')

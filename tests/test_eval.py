@@ -124,7 +124,8 @@ def test_eval_beside_a_training_process(trained, tmp_path):
     T.load_episode(path)
 
 
-def test_a_checkpoint_being_written_is_never_read_half_written(trained, tmp_path):
+def test_a_checkpoint_being_written_is_never_read_half_written(
+    trained, tmp_path):
   logdir = tmp_path / 'pong'
   shutil.copytree(trained, logdir)
   old = (logdir / 'variables.pkl').read_bytes()
@@ -160,13 +161,16 @@ def test_a_checkpoint_being_written_is_never_read_half_written(trained, tmp_path
     ('no_checkpoint', 'holds no checkpoint', False),
     ('episodes', '--episodes must be at least 1, got 0', False),
     ('unknown_task', "Unknown Atari game 'pongg'", False),
-    ('other_spaces', 'task dmc_walker_walk has other observations than the run: '
+    ('other_spaces',
+     'task dmc_walker_walk has other observations than the run: '
      'image is (64, 64, 1) uint8 there, (64, 64, 3) uint8 here', False),
-    ('unbuildable', 'cannot build task crafter_reward with the run\'s settings: '
+    ('unbuildable',
+     'cannot build task crafter_reward with the run\'s settings: '
      'Crafter has no action repeat; got 4.', False),
     ('other_sizes', 'does not fit the model', True),
 ])
-def test_bad_input_exits_2_with_one_line(trained, tmp_path, case, message, tf_loaded):
+def test_bad_input_exits_2_with_one_line(
+    trained, tmp_path, case, message, tf_loaded):
   logdir = tmp_path / 'run'
   flags = ['--logdir', logdir]
   if case == 'no_config':
@@ -183,7 +187,8 @@ def test_bad_input_exits_2_with_one_line(trained, tmp_path, case, message, tf_lo
               'other_sizes': []}[case]
   if case == 'other_sizes':
     other = tmp_path / 'other'
-    result = T.train(other, {**RUN, 'rssm.deter': 48, 'steps': 300, 'time_limit': 50})
+    result = T.train(
+        other, {**RUN, 'rssm.deter': 48, 'steps': 300, 'time_limit': 50})
     assert result.returncode == 0, result.stderr
     flags += ['--checkpoint', other / 'variables.pkl']
   before = digest(logdir) if logdir.exists() else None

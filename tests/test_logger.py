@@ -49,7 +49,8 @@ def test_metrics_survive_a_second_logger_on_the_same_logdir(tmp_path):
 
 
 def test_a_line_cut_off_by_a_crash_does_not_swallow_the_next_one(tmp_path):
-  (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "eval_return": 1.0}\n{"st')
+  (tmp_path / 'metrics.jsonl').write_text(
+      '{"step": 1, "eval_return": 1.0}\n{"st')
   logger = logging_.Logger(Counter(2), [logging_.JSONLOutput(tmp_path)])
   logger.scalar('eval_return', 2.0)
   logger.write()
@@ -88,7 +89,8 @@ def test_values_are_sorted_into_scalars_images_and_videos():
   values = output.summaries
   assert values['train_loss'] == 2.0 and isinstance(values['train_loss'], float)
   assert values['train_gray'].shape == (8, 8, 1)
-  assert values['train_rgb'].dtype == np.uint8 and values['train_rgb'].max() == 255
+  assert (values['train_rgb'].dtype == np.uint8
+          and values['train_rgb'].max() == 255)
   assert values['train_policy'].shape == (5, 8, 8, 1)
   assert values['train_policy'].dtype == np.uint8
   assert values['train_policy'].max() == 128
@@ -131,7 +133,8 @@ def test_tensorboard_holds_scalars_and_gif_videos(tmp_path):
           assert event.step == 100
           gifs[value.tag] = value.image.encoded_image_string
         elif value.metadata.plugin_data.plugin_name == 'scalars':
-          scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+          scalars[value.tag] = (
+              event.step, float(tf.make_ndarray(value.tensor)))
         elif value.metadata.plugin_data.plugin_name == 'images':
           images.add(value.tag)
   assert scalars == {'model_loss': (100, 1.5)}

@@ -31,7 +31,8 @@ def assert_one_hot(value):
 
 def make_rssm(embed_size=10, discrete=DISCRETE, **kwargs):
   tf.random.set_seed(0)
-  kwargs = {'hidden': 16, 'deter': DETER, 'stoch': STOCH, 'discrete': discrete, **kwargs}
+  kwargs = {'hidden': 16, 'deter': DETER, 'stoch': STOCH, 'discrete': discrete,
+            **kwargs}
   return nets.RSSM(A, embed_size, **kwargs)
 
 
@@ -58,7 +59,8 @@ def test_observe_and_imagine_give_batch_time_shapes(observation):
   key, shape = next(iter(shapes.items()))
   obs = {key: tf.constant(rng.uniform(-0.5, 0.5, (B, T) + shape), tf.float32)}
   embed = encoder(obs)
-  # 64 -> 31 -> 14 -> 6 -> 2 pixels, 8 * cnn_depth channels; vectors: last MLP layer.
+  # 64 -> 31 -> 14 -> 6 -> 2 pixels, 8 * cnn_depth channels; vectors: last MLP
+  # layer.
   embed_size = 2 * 2 * 16 if observation == 'image' else 16
   assert encoder.embed_size == embed_size
   assert embed.shape == (B, T, embed_size)
@@ -78,31 +80,37 @@ def test_observe_and_imagine_give_batch_time_shapes(observation):
   assert_one_hot(post['stoch'])
   if observation == 'image':
     decoder = nets.Decoder(shapes, rssm.feat_size, cnn_depth=2)
-    assert decoder(rssm.get_feat(post))['image'].mode().shape == (B, T, 64, 64, 1)
+    assert decoder(rssm.get_feat(post))['image'].mode().shape == (
+        B, T, 64, 64, 1)
 
 
 def test_encoder_and_decoder_have_the_papers_layers_at_default_size():
   shapes = {'image': (64, 64, 1)}
   encoder = nets.Encoder(shapes)
-  kernels = [tuple(v.shape) for n, v in sorted(tfutils.named_variables(encoder).items())
+  kernels = [tuple(v.shape)
+             for n, v in sorted(tfutils.named_variables(encoder).items())
              if len(v.shape) == 4]
   # 4 convolutions, kernel 4, stride 2, depths 48 * (1, 2, 4, 8).
-  assert kernels == [(4, 4, 1, 48), (4, 4, 48, 96), (4, 4, 96, 192), (4, 4, 192, 384)]
+  assert kernels == [
+      (4, 4, 1, 48), (4, 4, 48, 96), (4, 4, 96, 192), (4, 4, 192, 384)]
   image = tf.zeros([1, 64, 64, 1])
   assert encoder.embed_size == 2 * 2 * 384
   assert encoder({'image': image}).shape == (1, 1536)
   feat_size = 32 * 32 + 600
   decoder = nets.Decoder(shapes, feat_size)
   named = tfutils.named_variables(decoder)
-  sizes = sorted(tuple(v.shape)[:2] for v in named.values() if len(v.shape) == 4)
+  sizes = sorted(
+      tuple(v.shape)[:2] for v in named.values() if len(v.shape) == 4)
   assert sizes == [(5, 5), (5, 5), (6, 6), (6, 6)]
-  assert [tuple(v.shape) for v in named.values() if len(v.shape) == 2] == [(feat_size, 32 * 48)]
+  assert [tuple(v.shape) for v in named.values() if len(v.shape) == 2] == [
+      (feat_size, 32 * 48)]
   dist = decoder(tf.zeros([2, 3, feat_size]))['image']
   assert dist.mode().shape == (2, 3, 64, 64, 1)
   # Unit-variance Normal per pixel, log-likelihood summed over H, W, C.
   target = tf.fill([2, 3, 64, 64, 1], 0.25) + dist.mode()
   expected = 64 * 64 * (-0.5 * 0.25 ** 2 - 0.5 * np.log(2 * np.pi))
-  np.testing.assert_allclose(dist.log_prob(target), np.full([2, 3], expected), rtol=1e-5)
+  np.testing.assert_allclose(
+      dist.log_prob(target), np.full([2, 3], expected), rtol=1e-5)
 
 
 def test_gru_update_gate_starts_biased_towards_keeping_the_state():
@@ -125,14 +133,17 @@ def loop_of_obs_steps(rssm, embed, action, is_first):
   state = rssm.initial(B)
   posts, priors = [], []
   for t in range(embed.shape[1]):
-    state, prior = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample=False)
+    state, prior = rssm.obs_step(
+        state, action[:, t], embed[:, t], is_first[:, t], sample=False)
     posts.append(state)
     priors.append(prior)
-  stack = lambda states: {k: np.stack([s[k] for s in states], 1) for k in states[0]}
+  stack = lambda states: {
+      k: np.stack([s[k] for s in states], 1) for k in states[0]}
   return stack(posts), stack(priors)
 
 
-@pytest.mark.parametrize('discrete', [DISCRETE, 0], ids=['categorical', 'gaussian'])
+@pytest.mark.parametrize(
+    'discrete', [DISCRETE, 0], ids=['categorical', 'gaussian'])
 def test_observe_equals_a_loop_of_obs_steps(discrete):
   rssm = make_rssm(discrete=discrete)
   embed, action, is_first = random_inputs()
@@ -142,22 +153,27 @@ def test_observe_equals_a_loop_of_obs_steps(discrete):
   loop_post, loop_prior = loop_of_obs_steps(rssm, embed, action, is_first)
   stats = ('logit',) if discrete else ('mean', 'std')
   for key in stats + ('deter', 'stoch'):
-    np.testing.assert_allclose(post[key], loop_post[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(
+        post[key], loop_post[key], atol=1e-5, rtol=1e-5, err_msg=key)
   for key in stats:
-    np.testing.assert_allclose(prior[key], loop_prior[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(
+        prior[key], loop_prior[key], atol=1e-5, rtol=1e-5, err_msg=key)
 
 
 def test_observing_in_chunks_equals_observing_the_whole_sequence():
   rssm = make_rssm()
   embed, action, is_first = random_inputs()
   whole, whole_prior = rssm.observe(embed, action, is_first, sample=False)
-  first, _ = rssm.observe(embed[:, :4], action[:, :4], is_first[:, :4], sample=False)
+  first, _ = rssm.observe(
+      embed[:, :4], action[:, :4], is_first[:, :4], sample=False)
   state = {k: v[:, -1] for k, v in first.items()}
   rest, rest_prior = rssm.observe(embed[:, 4:], action[:, 4:], is_first[:, 4:],
                                   state=state, sample=False)
   for key in ('logit', 'deter', 'stoch'):
-    np.testing.assert_allclose(whole[key][:, 4:], rest[key], atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(whole_prior['logit'][:, 4:], rest_prior['logit'], atol=1e-5)
+    np.testing.assert_allclose(
+        whole[key][:, 4:], rest[key], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+      whole_prior['logit'][:, 4:], rest_prior['logit'], atol=1e-5)
 
 
 def test_is_first_starts_the_posterior_afresh():
@@ -168,17 +184,20 @@ def test_is_first_starts_the_posterior_afresh():
   flags[:, start] = True
   joined, _ = rssm.observe(embed, action, flags, sample=False)
   flags = tf.constant(flags)
-  fresh, _ = rssm.observe(embed[:, start:], action[:, start:], flags[:, start:], sample=False)
+  fresh, _ = rssm.observe(
+      embed[:, start:], action[:, start:], flags[:, start:], sample=False)
   for key in ('logit', 'deter', 'stoch'):
-    np.testing.assert_allclose(joined[key][:, start:], fresh[key], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        joined[key][:, start:], fresh[key], atol=1e-5, rtol=1e-5)
   # Without the reset the history (and the action before step 3) matters.
   carried, _ = rssm.observe(embed, action, is_first, sample=False)
   assert np.abs(carried['deter'][:, start] - fresh['deter'][:, 0]).max() > 1e-2
   # A carried-in state is forgotten as well.
   state = {k: v[:, -1] for k, v in carried.items()}
-  restarted, _ = rssm.observe(embed[:, start:], action[:, start:], flags[:, start:],
-                              state=state, sample=False)
-  np.testing.assert_allclose(restarted['deter'], fresh['deter'], atol=1e-5, rtol=1e-5)
+  restarted, _ = rssm.observe(embed[:, start:], action[:, start:],
+                              flags[:, start:], state=state, sample=False)
+  np.testing.assert_allclose(
+      restarted['deter'], fresh['deter'], atol=1e-5, rtol=1e-5)
 
 
 def test_obs_step_zeroes_state_and_action_where_is_first():
@@ -186,11 +205,13 @@ def test_obs_step_zeroes_state_and_action_where_is_first():
   embed, action, _ = random_inputs()
   state, _ = rssm.obs_step(rssm.initial(B), action[:, 0], embed[:, 0],
                            tf.zeros([B], bool), sample=False)
-  state, _ = rssm.obs_step(state, action[:, 1], embed[:, 1], tf.zeros([B], bool), sample=False)
-  is_first = tf.constant([True, False, True])
-  post, _ = rssm.obs_step(state, action[:, 2], embed[:, 2], is_first, sample=False)
-  fresh, _ = rssm.obs_step(rssm.initial(B), tf.zeros_like(action[:, 2]), embed[:, 2],
+  state, _ = rssm.obs_step(state, action[:, 1], embed[:, 1],
                            tf.zeros([B], bool), sample=False)
+  is_first = tf.constant([True, False, True])
+  post, _ = rssm.obs_step(
+      state, action[:, 2], embed[:, 2], is_first, sample=False)
+  fresh, _ = rssm.obs_step(rssm.initial(B), tf.zeros_like(action[:, 2]),
+                           embed[:, 2], tf.zeros([B], bool), sample=False)
   for row, reset in enumerate([True, False, True]):
     same = np.allclose(post['deter'][row], fresh['deter'][row], atol=1e-6)
     assert same == reset, row
@@ -211,7 +232,8 @@ def test_categorical_sample_is_one_hot_with_the_gradient_of_the_probabilities():
     assert_one_hot(value)
     grad = tape.gradient(through_sample, logits).numpy()
     assert np.abs(grad).max() > 1e-3
-    np.testing.assert_allclose(grad, tape.gradient(through_probs, logits), atol=1e-7)
+    np.testing.assert_allclose(
+        grad, tape.gradient(through_probs, logits), atol=1e-7)
   mode = dists.OneHot(logits, dims=1).mode().numpy()
   np.testing.assert_array_equal(mode.argmax(-1), logits.numpy().argmax(-1))
 
@@ -241,8 +263,10 @@ def test_categorical_samples_follow_the_probabilities():
 
 def categorical_states(seed, scale=1.0):
   rng = np.random.default_rng(seed)
-  post = tf.Variable(scale * rng.normal(size=(B, T, STOCH, DISCRETE)), dtype=tf.float32)
-  prior = tf.Variable(scale * rng.normal(size=(B, T, STOCH, DISCRETE)), dtype=tf.float32)
+  post = tf.Variable(
+      scale * rng.normal(size=(B, T, STOCH, DISCRETE)), dtype=tf.float32)
+  prior = tf.Variable(
+      scale * rng.normal(size=(B, T, STOCH, DISCRETE)), dtype=tf.float32)
   return post, prior
 
 
@@ -251,7 +275,8 @@ def kl_grads(rssm, post, prior, **kl):
     loss, value = rssm.kl_loss({'logit': post}, {'logit': prior}, **kl)
   grad_post, grad_prior = tape.gradient(loss, [post, prior])
   zero = lambda g, v: np.zeros(v.shape) if g is None else g.numpy()
-  return loss.numpy(), value.numpy(), zero(grad_post, post), zero(grad_prior, prior)
+  return (loss.numpy(), value.numpy(), zero(grad_post, post),
+          zero(grad_prior, prior))
 
 
 def plain_kl_grads(post, prior):
@@ -263,8 +288,8 @@ def plain_kl_grads(post, prior):
 def test_kl_value_is_the_categorical_kl_of_posterior_to_prior():
   rssm = make_rssm()
   post, prior = categorical_states(0)
-  _, value, _, _ = kl_grads(rssm, post, prior, forward=False, balance=0.8, free=0.0,
-                            free_avg=True)
+  _, value, _, _ = kl_grads(rssm, post, prior, forward=False, balance=0.8,
+                            free=0.0, free_avg=True)
   p = tf.nn.softmax(post).numpy()
   q = tf.nn.softmax(prior).numpy()
   expected = (p * (np.log(p) - np.log(q))).sum((-1, -2))
@@ -283,9 +308,12 @@ def test_kl_balancing_sends_80_percent_of_the_gradient_to_the_prior(forward):
   with tf.GradientTape() as tape:
     lhs, rhs = (prior, post) if forward else (post, prior)
     kl = tf.reduce_mean(dists.OneHot(lhs, 1).kl(dists.OneHot(rhs, 1)))
-  plain_post, plain_prior = [g.numpy() for g in tape.gradient(kl, [post, prior])]
-  # Elementwise: the prior gets 0.8 and the posterior 0.2 of the plain KL gradient.
-  np.testing.assert_allclose(grad_prior, 0.8 * plain_prior, rtol=1e-5, atol=1e-9)
+  plain_post, plain_prior = [
+      g.numpy() for g in tape.gradient(kl, [post, prior])]
+  # Elementwise: the prior gets 0.8 and the posterior 0.2 of the plain KL
+  # gradient.
+  np.testing.assert_allclose(
+      grad_prior, 0.8 * plain_prior, rtol=1e-5, atol=1e-9)
   np.testing.assert_allclose(grad_post, 0.2 * plain_post, rtol=1e-5, atol=1e-9)
   share_prior = np.linalg.norm(grad_prior) / np.linalg.norm(plain_prior)
   share_post = np.linalg.norm(grad_post) / np.linalg.norm(plain_post)
@@ -299,7 +327,8 @@ def test_kl_balancing_near_equal_distributions_prior_gradient_is_4x_posterior():
   rng = np.random.default_rng(2)
   base = rng.normal(size=(B, T, STOCH, DISCRETE))
   post = tf.Variable(base, dtype=tf.float32)
-  prior = tf.Variable(base + 3e-3 * rng.normal(size=base.shape), dtype=tf.float32)
+  prior = tf.Variable(
+      base + 3e-3 * rng.normal(size=base.shape), dtype=tf.float32)
   _, _, grad_post, grad_prior = kl_grads(
       rssm, post, prior, forward=False, balance=0.8, free=0.0, free_avg=True)
   ratio = np.linalg.norm(grad_prior) / np.linalg.norm(grad_post)
@@ -335,9 +364,12 @@ def test_free_nats_apply_to_the_batch_mean_or_per_element():
   # A threshold between the smallest KL and the mean, so the two modes differ.
   free = float(np.quantile(value, 0.4))
   assert value.min() < free < value.mean()
-  avg, _, grad_post, _ = kl_grads(rssm, post, prior, free=free, free_avg=True, **kl)
-  each, _, grad_post_each, _ = kl_grads(rssm, post, prior, free=free, free_avg=False, **kl)
-  assert avg == pytest.approx(value.mean(), rel=1e-5)      # mean above free: unclipped
+  avg, _, grad_post, _ = kl_grads(
+      rssm, post, prior, free=free, free_avg=True, **kl)
+  each, _, grad_post_each, _ = kl_grads(
+      rssm, post, prior, free=free, free_avg=False, **kl)
+  # mean above free: unclipped
+  assert avg == pytest.approx(value.mean(), rel=1e-5)
   assert each == pytest.approx(np.maximum(value, free).mean(), rel=1e-5)
   assert each > avg
   # Per element, the clipped entries get no gradient; on the mean, all do.
@@ -366,7 +398,8 @@ def test_gaussian_latents_observe_imagine_and_kl_in_closed_form():
                              free_avg=True)
   m1, s1 = post['mean'].numpy(), post['std'].numpy()
   m2, s2 = prior['mean'].numpy(), prior['std'].numpy()
-  closed = (np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5).sum(-1)
+  closed = (np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2)
+            - 0.5).sum(-1)
   assert value.shape == (B, T)
   np.testing.assert_allclose(value, closed, rtol=1e-4, atol=1e-6)
   assert float(loss) == pytest.approx(closed.mean(), rel=1e-4)
@@ -377,7 +410,7 @@ def test_gaussian_latents_observe_imagine_and_kl_in_closed_form():
   np.testing.assert_allclose(tape.gradient(total, mean), np.ones_like(m1))
 
 
-# Fast paths against TensorFlow's own ops ----------------------------------------
+# Fast paths against TensorFlow's own ops -------------------------------------
 
 # Tolerances: float32 sums in another order agree to ~1e-5 relative; bfloat16
 # rounds every input and weight to 8 bits of mantissa (relative 2^-8 = 0.4%),
@@ -417,7 +450,8 @@ def test_decoder_transposed_conv_from_1x1_is_the_transposed_conv(bits):
     x = tf.random.normal([6, 1, 1, 1536])
     reference = lambda x, k: tf.nn.conv2d_transpose(
         x, k, [6, 5, 5, 192], 2, 'VALID')
-    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(
+        layer, x, reference)
   assert y.dtype == dtype and y.shape == (6, 5, 5, 192)
   for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
     assert relative_error(ours, theirs) < TOLERANCE[dtype]
@@ -432,7 +466,8 @@ def test_encoder_conv_with_2x2_outputs_is_the_conv(bits):
     layer = nets.Conv(192, 384, 4, 2)
     x = tf.random.normal([6, 6, 6, 192])
     reference = lambda x, k: tf.nn.conv2d(x, k, 2, 'VALID')
-    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(
+        layer, x, reference)
   assert y.dtype == dtype and y.shape == (6, 2, 2, 384)
   for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
     assert relative_error(ours, theirs) < TOLERANCE[dtype]
@@ -449,7 +484,8 @@ def test_decoder_last_layer_by_phases_is_the_transposed_conv(bits, channels):
     x = tf.random.normal([4, 30, 30, 48])
     reference = lambda x, k: tf.nn.conv2d_transpose(
         x, k, [4, 64, 64, channels], 2, 'VALID')
-    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(layer, x, reference)
+    (y, dx, dk), (y_ref, dx_ref, dk_ref) = conv_and_reference(
+        layer, x, reference)
   assert y.dtype == dtype and y.shape == (4, 64, 64, channels)
   for ours, theirs in ((y, y_ref), (dx, dx_ref), (dk, dk_ref)):
     assert relative_error(ours, theirs) < TOLERANCE[dtype]

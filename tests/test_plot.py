@@ -99,9 +99,11 @@ def test_task_method_and_seed_come_from_the_directory_levels(tmp_path):
   write_run(tmp_path / 'a' / 'atari_pong' / 'dreamerv2' / '3',
             [{'step': 4, 'eval_return': -20.0}])
   write_run(tmp_path / 'b' / 'c' / 'dmc_walker_walk' / 'mine' / 'seed_a',
-            [{'step': 8, 'eval_return': 100.0}, {'step': 12, 'train_return': 1.0}])
+            [{'step': 8, 'eval_return': 100.0},
+             {'step': 12, 'train_return': 1.0}])
   runs = plot.load_runs([tmp_path], 'step', 'eval_return')
-  names = sorted((r['task'], r['method'], r['seed'], list(r['xs'])) for r in runs)
+  names = sorted(
+      (r['task'], r['method'], r['seed'], list(r['xs'])) for r in runs)
   assert names == [('atari_pong', 'dreamerv2', '3', [4.0]),
                    ('dmc_walker_walk', 'mine', 'seed_a', [8.0])]
   # A y regex matching several keys gives one curve per key.
@@ -169,11 +171,13 @@ def test_published_curves_alone_without_tensorflow(tmp_path):
   # As a script, from the repository root, and TensorFlow never loaded.
   code = (
       'import runpy, sys; '
-      f'sys.argv = ["common/plot.py", "--baselines", "scores/atari-dreamerv2.json", '
+      f'sys.argv = ["common/plot.py", "--baselines", '
+      f'"scores/atari-dreamerv2.json", '
       f'"--tasks", "atari_pong", "--outdir", "{tmp_path}"]; '
       'runpy.run_path("common/plot.py", run_name="__main__"); '
       'assert "tensorflow" not in sys.modules, "tensorflow was imported"')
-  subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=300)
+  subprocess.run(
+      [sys.executable, '-c', code], cwd=ROOT, check=True, timeout=300)
   curves = json.loads((tmp_path / 'curves.json').read_text())
   assert len(curves) == 11 and {c['task'] for c in curves} == {'atari_pong'}
   assert (tmp_path / 'curves.png').stat().st_size > 0
@@ -260,7 +264,8 @@ def test_compare_says_where_runs_stand_among_published_seeds(level, word, rank):
 
 def test_compare_uses_the_bin_ending_at_each_frame_count():
   runs = [{'task': 'atari_pong', 'method': 'mine', 'seed': '0',
-           'xs': np.array([12., 18., 21., 30.]), 'ys': np.array([1., 3., 5., 9.])}]
+           'xs': np.array([12., 18., 21., 30.]),
+           'ys': np.array([1., 3., 5., 9.])}]
   (row,) = plot.compare(runs, published_band(), at=[20, 25])['rows']
   # (10, 20] holds 12 and 18; with --compare_at 25, (15, 25] holds 18 and 21.
   assert [p['runs_mean'] for p in row['points']] == [2.0, 4.0]
@@ -305,8 +310,10 @@ def test_compare_a_copy_of_a_published_pong_seed_is_within(tmp_path):
 def test_compare_with_no_comparable_run_is_one_line(tmp_path):
   synthetic_tree(tmp_path / 'logdir', tasks=('crafter_reward',),
                  methods=('mine',), seeds=(1,))
-  result = run_script('--indir', tmp_path / 'logdir', '--outdir', tmp_path / 'out',
+  result = run_script('--indir', tmp_path / 'logdir',
+                      '--outdir', tmp_path / 'out',
                       '--compare', SCORES / 'atari-dreamerv2.json')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert 'no run could be compared' in result.stderr
-  assert 'crafter_reward' in result.stderr and 'no published curve' in result.stderr
+  assert ('crafter_reward' in result.stderr
+          and 'no published curve' in result.stderr)

@@ -36,7 +36,8 @@ def small_world_model(seed=0):
       encoder={'cnn_depth': 8}, decoder={'cnn_depth': 8})
   obs, act = H.obs_space(image=(64, 64, 1), vector=5), H.act_space(True, 3)
   tf.random.set_seed(seed)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   return wm, H.batch(obs, act, 4, 10, seed=seed, terminal_at=(9,))
 
 
@@ -70,15 +71,17 @@ def test_bfloat16_and_float32_losses_agree_on_the_same_batch_and_weights():
   assert (dtype32, dtype16) == (tf.float32, tf.bfloat16)
   assert loss16 != loss32                       # bfloat16 really was used
   assert loss16 == pytest.approx(loss32, rel=MODEL_LOSS_RTOL)
-  for key in ('kl_loss', 'image_loss', 'state_loss', 'reward_loss', 'discount_loss',
-              'prior_ent', 'post_ent'):
+  for key in ('kl_loss', 'image_loss', 'state_loss', 'reward_loss',
+              'discount_loss', 'prior_ent', 'post_ent'):
     assert terms16[key] == pytest.approx(terms32[key], rel=TERM_RTOL), key
   # The image loss without its constant (0.5 log 2 pi per pixel) agrees too.
   const = 64 * 64 * 0.5 * np.log(2 * np.pi)
-  assert terms16['image_loss'] - const == pytest.approx(terms32['image_loss'] - const, rel=0.01)
+  assert terms16['image_loss'] - const == pytest.approx(
+      terms32['image_loss'] - const, rel=0.01)
   cosine = grad16 @ grad32 / np.linalg.norm(grad16) / np.linalg.norm(grad32)
   assert cosine > MIN_GRAD_COSINE
-  assert np.linalg.norm(grad16) == pytest.approx(np.linalg.norm(grad32), rel=0.5)
+  assert np.linalg.norm(grad16) == pytest.approx(
+      np.linalg.norm(grad32), rel=0.5)
 
 
 def test_weights_stay_float32_under_bfloat16_and_the_agent_trains():
@@ -91,7 +94,8 @@ def test_weights_stay_float32_under_bfloat16_and_the_agent_trains():
   assert {v.dtype for v in agent.variables} <= {tf.float32, tf.int64}
   assert all(np.isfinite(float(v)) for v in metrics.values())
   for name in ('model', 'actor', 'critic'):
-    assert float(metrics[f'{name}_loss_scale']) == 1.0     # bfloat16 needs no scaling
+    # bfloat16 needs no scaling
+    assert float(metrics[f'{name}_loss_scale']) == 1.0
     assert float(metrics[f'{name}_grad_norm']) > 0, name
 
 
@@ -105,7 +109,8 @@ def test_an_agents_precision_is_its_own_and_leaves_the_default_alone():
   data = H.batch(obs, act, 3, 6)
   agent16.train(data)
   graph = agent16._train.get_concrete_function(data).graph
-  matmuls = {op.get_attr('T') for op in graph.get_operations() if op.type == 'MatMul'}
+  matmuls = {op.get_attr('T') for op in graph.get_operations()
+             if op.type == 'MatMul'}
   assert agent16.dtype == tf.bfloat16 and matmuls == {tf.bfloat16}
   _, (latent, action) = agent16.policy(step)
   assert action.dtype == tf.float32 and latent['stoch'].dtype == tf.float32
@@ -116,10 +121,11 @@ def test_an_agents_precision_is_its_own_and_leaves_the_default_alone():
     _, (_, action) = agent32.policy(step)
     metrics = agent32.train(H.batch(obs, act, 3, 6))
     assert nets.compute_dtype() == tf.bfloat16
-  assert action.dtype == tf.float32 and float(metrics['model_loss_scale']) == 1.0
+  assert (action.dtype == tf.float32
+          and float(metrics['model_loss_scale']) == 1.0)
 
 
-# float16 loss scaling ----------------------------------------------------------
+# float16 loss scaling ---------------------------------------------------------
 
 
 def regression(seed=0):
@@ -145,10 +151,11 @@ def float32_grad_norm(mlp, x, y):
   return float(tf.linalg.global_norm(grads))
 
 
-def test_float16_step_whose_gradients_overflow_is_skipped_and_halves_the_loss_scale():
+def test_float16_overflowing_step_is_skipped_and_halves_the_loss_scale():
   with H.precision(16, device='gpu'):
     mlp, x, y = regression()
-    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3,
+                            eps=1e-5, clip=100, wd=0.0)
     before = H.snapshot(mlp)
     # 1e30 times the loss: its float16 gradients are inf.
     metrics = step(mlp, opt, x, y, multiplier=1e30)
@@ -162,14 +169,15 @@ def test_float16_step_whose_gradients_overflow_is_skipped_and_halves_the_loss_sc
 def test_float16_finite_step_applies_the_unscaled_gradient():
   with H.precision(16, device='gpu'):
     mlp, x, y = regression()
-    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3,
+                            eps=1e-5, clip=100, wd=0.0)
     assert float(opt.loss_scale) == 2.0 ** 15
     before = H.snapshot(mlp)
     metrics = step(mlp, opt, x, y)
   reference = float32_grad_norm_of_snapshot(before, x, y)
   assert int(opt.updates) == 1 and int(opt.skipped) == 0
-  assert metrics['model_loss_scale'] == 2.0 ** 15                # unchanged after a good step
-  assert H.unchanged(before, mlp) == []                          # every weight moved
+  assert metrics['model_loss_scale'] == 2.0 ** 15  # unchanged after a good step
+  assert H.unchanged(before, mlp) == []            # every weight moved
   # The reported norm is of the true gradient: the loss scale divided out.
   assert metrics['model_grad_norm'] == pytest.approx(reference, rel=0.02)
 
@@ -184,10 +192,11 @@ def float32_grad_norm_of_snapshot(values, x, y):
     return float32_grad_norm(mlp, x, y)
 
 
-def test_float16_loss_scale_halves_until_gradients_fit_then_doubles_after_2000_good_steps():
+def test_float16_loss_scale_halves_on_overflow_then_doubles_after_2000_steps():
   with H.precision(16, device='gpu'):
     mlp, x, y = regression()
-    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3, eps=1e-5, clip=100, wd=0.0)
+    opt = tfutils.Optimizer('model', mlp.trainable_variables, lr=1e-3,
+                            eps=1e-5, clip=100, wd=0.0)
     # A loss of ~1e3: scaled by 2^15 its gradients exceed float16's 65504.
     scales = []
     for _ in range(12):
@@ -196,7 +205,8 @@ def test_float16_loss_scale_halves_until_gradients_fit_then_doubles_after_2000_g
       if int(opt.updates):
         break
     assert int(opt.skipped) >= 1 and int(opt.updates) == 1
-    assert scales[:int(opt.skipped)] == [2.0 ** (15 - k) for k in range(1, int(opt.skipped) + 1)]
+    assert scales[:int(opt.skipped)] == [
+        2.0 ** (15 - k) for k in range(1, int(opt.skipped) + 1)]
     scale = float(opt.loss_scale)
     assert int(opt.good_steps) == 1
     opt.good_steps.assign(1999)          # as if 1999 good steps had passed
@@ -275,7 +285,8 @@ def test_bfloat16_decoder_and_encoder_gradients_match_float32():
   rng = np.random.default_rng(0)
   shapes = {'image': (64, 64, 1)}
   encoder = nets.Encoder(shapes, cnn_keys='image', mlp_keys='$^', cnn_depth=8)
-  decoder = nets.Decoder(shapes, 40, cnn_keys='image', mlp_keys='$^', cnn_depth=8)
+  decoder = nets.Decoder(
+      shapes, 40, cnn_keys='image', mlp_keys='$^', cnn_depth=8)
   feat = tf.constant(rng.normal(0, 1, [200, 40]), tf.float32)
   image = tf.constant(rng.uniform(-0.5, 0.5, [200, 64, 64, 1]), tf.float32)
   variables = decoder.trainable_variables + encoder.trainable_variables
@@ -283,7 +294,8 @@ def test_bfloat16_decoder_and_encoder_gradients_match_float32():
     with H.precision(bits, device='cpu'):
       with tf.GradientTape() as tape:
         loss = -tf.reduce_mean(decoder(feat)['image'].log_prob(image))
-        loss += tf.reduce_mean(tf.cast(encoder({'image': nets.cast(image)}), tf.float32))
+        loss += tf.reduce_mean(
+            tf.cast(encoder({'image': nets.cast(image)}), tf.float32))
       return tape.gradient(loss, variables)
   for exact, half, var in zip(grads(32), grads(16), variables):
     exact, half = exact.numpy().ravel(), half.numpy().ravel()
@@ -291,7 +303,7 @@ def test_bfloat16_decoder_and_encoder_gradients_match_float32():
     assert cosine > 0.999, (var.name, var.shape, cosine)
 
 
-# XLA ---------------------------------------------------------------------------
+# XLA --------------------------------------------------------------------------
 
 
 def test_an_xla_update_equals_the_graph_update(monkeypatch):
@@ -322,7 +334,8 @@ def test_an_xla_update_equals_the_graph_update(monkeypatch):
     assert np.abs(diff).max() <= 1e-2 * np.abs(change).max() + 1e-7, name
   # The XLA policy traces once per mode, across episode starts.
   agent = agents[True]
-  step = {'image': np.zeros((1, 64, 64, 1), np.uint8), 'is_first': np.ones(1, bool)}
+  step = {'image': np.zeros((1, 64, 64, 1), np.uint8),
+          'is_first': np.ones(1, bool)}
   state = None
   for i in range(6):
     step['is_first'] = np.array([i % 3 == 0])

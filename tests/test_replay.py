@@ -1,4 +1,5 @@
-"""Replay: storage, eviction, reload, and the chunks the world model trains on."""
+"""Replay: storage, eviction, reload, and the chunks the world model trains
+on."""
 
 import os
 import warnings
@@ -10,7 +11,8 @@ from common import replay as replay_lib
 
 
 def make_episode(length, ident=0, image=(8, 8, 1), actions=3):
-  """length+1 steps; reward = ident, `step` = index of the step in the episode."""
+  """length+1 steps; reward = ident, `step` = index of the step in the
+  episode."""
   steps = length + 1
   is_last = np.zeros(steps, bool)
   is_last[-1] = True
@@ -204,7 +206,8 @@ def test_ongoing_samples_from_episodes_in_progress(tmp_path):
   assert ongoing.stats['total_episodes'] == 0
 
 
-def test_failed_write_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
+def test_failed_write_leaves_no_file_under_the_final_name(
+    tmp_path, monkeypatch):
   replay = replay_lib.Replay(tmp_path)
   write_array = np.lib.format.write_array
 
@@ -231,7 +234,8 @@ def test_a_watching_replay_loads_what_another_process_writes(tmp_path):
   replay_lib.save_episode(tmp_path, make_episode(30, 1))
   replay_lib.save_episode(tmp_path, make_episode(3, 2))  # Under minlen.
   assert reader.refresh() == 1 and reader.refresh() == 0
-  assert reader.stats['loaded_episodes'] == 1 and reader.stats['loaded_steps'] == 30
+  assert (reader.stats['loaded_episodes'] == 1
+          and reader.stats['loaded_steps'] == 30)
   batches = iter(reader.dataset(2, 5))
   assert next(batches)['reward'].shape == (2, 5)
   replay_lib.save_episode(tmp_path, make_episode(40, 3))

@@ -26,7 +26,8 @@ TINY = {
     'encoder.cnn_depth': 4, 'decoder.cnn_depth': 4,
     'reward_head.layers': 1, 'reward_head.units': 16,
     'discount_head.layers': 1, 'discount_head.units': 16,
-    'actor.layers': 1, 'actor.units': 16, 'critic.layers': 1, 'critic.units': 16,
+    'actor.layers': 1, 'actor.units': 16,
+    'critic.layers': 1, 'critic.units': 16,
     'imag_horizon': 5, 'dataset.batch': 4, 'dataset.length': 10,
     'time_limit': 50, 'prefill': 100, 'log_every': 100, 'eval_every': 200}
 # A Python that reports at exit whether TensorFlow was imported.
@@ -48,7 +49,8 @@ def command(logdir, flags):
 
 def train(logdir, flags):
   return subprocess.run(
-      command(logdir, flags), cwd=ROOT, capture_output=True, text=True, timeout=300)
+      command(logdir, flags), cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
 
 
 def start(logdir, flags, **kwargs):
@@ -62,7 +64,8 @@ def start(logdir, flags, **kwargs):
 def wait_for(condition, process, timeout=240):
   deadline = time.time() + timeout
   while not condition():
-    assert process.poll() is None, f'the run exited early ({process.returncode})'
+    assert process.poll() is None, (
+        f'the run exited early ({process.returncode})')
     assert time.time() < deadline, 'timed out'
     time.sleep(0.1)
 
@@ -71,7 +74,8 @@ def read_metrics(logdir):
   path = pathlib.Path(logdir) / 'metrics.jsonl'
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
 
 
 def load_episode(path):
@@ -87,22 +91,25 @@ def finished_run(tmp_path_factory):
   return logdir, result
 
 
-def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(finished_run):
+def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(
+    finished_run):
   logdir, result = finished_run
   from common import config as config_lib
   config = config_lib.Config.load(logdir / 'config.yaml')
-  assert (config.task, config.rssm.deter, config.action_repeat) == ('atari_pong', 32, 4)
+  assert (config.task, config.rssm.deter, config.action_repeat) == (
+      'atari_pong', 32, 4)
   metrics = read_metrics(logdir)
   keys = set().union(*metrics)
   for key in ('train_return', 'train_length', 'eval_return', 'eval_length',
-              'model_loss', 'kl_loss', 'image_loss', 'actor_loss', 'critic_loss',
-              'fps', 'model_skipped_steps'):
+              'model_loss', 'kl_loss', 'image_loss', 'actor_loss',
+              'critic_loss', 'fps', 'model_skipped_steps'):
     assert key in keys, key
   # Steps are env frames: agent steps x action_repeat 4, up to 400 x 4.
   steps = [line['step'] for line in metrics]
   assert all(step % 4 == 0 for step in steps)
   assert max(steps) == 1600 and steps == sorted(steps)
-  assert [line['train_length'] for line in metrics if 'train_length' in line] == [50] * 8
+  assert [line['train_length'] for line in metrics
+          if 'train_length' in line] == [50] * 8
   episodes = sorted((logdir / 'train_episodes').glob('*.npz'))
   assert sum(len(load_episode(path)['action']) - 1 for path in episodes) == 400
   # The random policy's episode after the prefill of 100 steps, as the
@@ -112,8 +119,9 @@ def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(finished_run)
   assert [line['step'] for line in metrics if 'eval_return' in line] == [
       400, 400, 800, 1600]
   out = result.stdout
-  assert out.index('Prefill the replay') < out.index(
-      'Evaluate the random policy (1 episode).') < out.index('Pretrain the agent')
+  assert (out.index('Prefill the replay')
+          < out.index('Evaluate the random policy (1 episode).')
+          < out.index('Pretrain the agent'))
   with open(logdir / 'variables.pkl', 'rb') as f:
     variables = pickle.load(f)
   assert any('model_opt' in name for name in variables)
@@ -136,11 +144,13 @@ def test_tensorboard_has_scalars_and_gif_videos(finished_run):
   assert scalars['train_length'][0] == (200, 50.0)
   assert {'model_loss', 'eval_return'} <= set(scalars)
   # Policy videos of episodes, and the open-loop prediction of the model.
-  assert {'train_policy_image', 'eval_policy_image', 'train_openl_image'} <= set(gifs)
+  assert {'train_policy_image', 'eval_policy_image',
+          'train_openl_image'} <= set(gifs)
   assert all(gif.startswith(b'GIF8') for gif in gifs.values())
 
 
-def test_resume_with_other_model_sizes_stops_with_the_mismatch(finished_run, tmp_path):
+def test_resume_with_other_model_sizes_stops_with_the_mismatch(
+    finished_run, tmp_path):
   logdir = tmp_path / 'pong'
   shutil.copytree(finished_run[0], logdir)
   saved = (logdir / 'config.yaml').read_text()
@@ -148,7 +158,8 @@ def test_resume_with_other_model_sizes_stops_with_the_mismatch(finished_run, tmp
   assert result.returncode == 2, result.stdout + result.stderr
   assert 'rssm.deter: 32 -> 48' in result.stdout  # The overrides are reported.
   error = result.stderr.strip().splitlines()[-1]
-  assert error.startswith('error: checkpoint') and '(48, 16) vs model (64, 16)' in error
+  assert (error.startswith('error: checkpoint')
+          and '(48, 16) vs model (64, 16)' in error)
   assert 'rssm.deter: 32 -> 48' in error
   assert 'Traceback' not in result.stderr
   assert (logdir / 'config.yaml').read_text() == saved
@@ -202,7 +213,8 @@ def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
       logdir, {'steps': 1e5, 'eval_every': 1e4, 'envs_parallel': 'process'},
       start_new_session=True)
   try:
-    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)), process)
+    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)),
+             process)
     assert not (logdir / 'variables.pkl').exists()
     time.sleep(1.5)  # Into an episode of 50 steps.
     os.killpg(process.pid, signal.SIGINT)
@@ -240,7 +252,8 @@ def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
 def test_kept_checkpoints_are_the_newest_and_a_damaged_one_falls_back(tmp_path):
   logdir = tmp_path / 'pong'
   # Saves after the phases ending at steps 200, 300, 400 and 500.
-  result = train(logdir, {'steps': 500, 'eval_every': 100, 'checkpoints.keep': 2})
+  result = train(
+      logdir, {'steps': 500, 'eval_every': 100, 'checkpoints.keep': 2})
   assert result.returncode == 0, result.stdout + result.stderr
   kept = sorted(p.name for p in (logdir / 'checkpoints').iterdir())
   assert kept == ['variables-1600.pkl', 'variables-2000.pkl']  # Frames.
@@ -248,17 +261,22 @@ def test_kept_checkpoints_are_the_newest_and_a_damaged_one_falls_back(tmp_path):
   assert (logdir / 'checkpoints' / 'variables-2000.pkl').read_bytes() == latest
   # A truncated variables.pkl: the run resumes from the newest snapshot.
   (logdir / 'variables.pkl').write_bytes(latest[:len(latest) // 2])
-  result = train(logdir, {'steps': 600, 'eval_every': 100, 'checkpoints.keep': 2})
+  result = train(
+      logdir, {'steps': 600, 'eval_every': 100, 'checkpoints.keep': 2})
   assert result.returncode == 0, result.stdout + result.stderr
-  (warning,) = [l for l in result.stderr.splitlines() if l.startswith('Warning')]
+  (warning,) = [l for l in result.stderr.splitlines()
+                if l.startswith('Warning')]
   assert str(logdir / 'variables.pkl') in warning
   assert str(logdir / 'checkpoints' / 'variables-2000.pkl') in warning
-  assert 'Pretrain' not in result.stdout and 'Finished 600 steps' in result.stdout
+  assert ('Pretrain' not in result.stdout
+          and 'Finished 600 steps' in result.stdout)
   # Every checkpoint truncated: exit 2 naming them, and nothing is removed.
   for path in [logdir / 'variables.pkl', *(logdir / 'checkpoints').iterdir()]:
     path.write_bytes(path.read_bytes()[:100])
-  listing = sorted((str(p), p.stat().st_size) for p in logdir.rglob('*') if p.is_file())
-  result = train(logdir, {'steps': 700, 'eval_every': 100, 'checkpoints.keep': 2})
+  listing = sorted((str(p), p.stat().st_size) for p in logdir.rglob('*')
+                   if p.is_file())
+  result = train(
+      logdir, {'steps': 700, 'eval_every': 100, 'checkpoints.keep': 2})
   assert result.returncode == 2, result.stdout + result.stderr
   error = result.stderr.strip().splitlines()[-1]
   assert error.startswith(f'error: no readable checkpoint in {logdir}: ')
@@ -285,7 +303,8 @@ def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
   model = [n for n in named if n.startswith('wm/') and '_opt/' not in n]
   assert len(model) > 20
   for name in model:
-    np.testing.assert_array_equal(named[name].numpy(), saved[name], err_msg=name)
+    np.testing.assert_array_equal(
+        named[name].numpy(), saved[name], err_msg=name)
   behavior = [n for n in named if n.startswith('_task_behavior/') and
               ('actor/' in n or 'critic/' in n) and n.endswith('kernel')]
   assert behavior and all(
@@ -303,7 +322,8 @@ def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
 @pytest.mark.parametrize('flags, message', [
     (['--task', 'atari_pongg'], 'atari_pong'),
     (['--task', 'walker_walk'], 'SUITE_NAME'),
-    (['--expl_behavior', 'curious'], 'greedy, random, plan2explore, model_loss'),
+    (['--expl_behavior', 'curious'],
+     'greedy, random, plan2explore, model_loss'),
     (['--actor_grad', 'policy'], 'auto, reinforce, dynamics, both'),
     (['--envs_parallel', 'fork'], 'none, thread, process'),
     (['--precision', '8'], '16, 32'),
@@ -337,7 +357,8 @@ def test_dmc_trains_with_its_envs_in_processes(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'DMC envs run in processes' in result.stdout
   from common import config as config_lib
-  assert config_lib.Config.load(logdir / 'config.yaml').envs_parallel == 'process'
+  assert config_lib.Config.load(
+      logdir / 'config.yaml').envs_parallel == 'process'
   metrics = {k: v for line in read_metrics(logdir) for k, v in line.items()}
   assert {'train_return', 'eval_return', 'model_loss'} <= set(metrics)
   # Action repeat 2: 150 agent steps are 300 frames.
@@ -345,8 +366,10 @@ def test_dmc_trains_with_its_envs_in_processes(tmp_path):
 
 
 @pytest.mark.parametrize('behavior, actor_grad', [
-    ('random', 'dynamics'), ('plan2explore', 'both'), ('model_loss', 'reinforce')])
-def test_each_exploration_and_actor_gradient_trains(tmp_path, behavior, actor_grad):
+    ('random', 'dynamics'), ('plan2explore', 'both'),
+    ('model_loss', 'reinforce')])
+def test_each_exploration_and_actor_gradient_trains(
+    tmp_path, behavior, actor_grad):
   logdir = tmp_path / 'pong'
   result = train(logdir, {
       'steps': 150, 'expl_behavior': behavior, 'actor_grad': actor_grad,
@@ -358,7 +381,8 @@ def test_each_exploration_and_actor_gradient_trains(tmp_path, behavior, actor_gr
   if behavior == 'random':
     assert not expl
   else:
-    own = {'plan2explore': 'expl_ensemble_loss', 'model_loss': 'expl_intr_head_loss'}
+    own = {'plan2explore': 'expl_ensemble_loss',
+           'model_loss': 'expl_intr_head_loss'}
     assert {'expl_actor_loss', 'expl_critic_loss', own[behavior]} <= expl
   if actor_grad == 'both':
     assert 'actor_grad_mix' in metrics
@@ -392,9 +416,11 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_run(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stdout + result.stderr
   assert 'Traceback' not in result.stderr
-  (error,) = [line for line in result.stderr.splitlines() if line.startswith('error')]
+  (error,) = [line for line in result.stderr.splitlines()
+              if line.startswith('error')]
   assert error.startswith(
-      f'error: no space left on device to write {logdir / "variables.pkl"}: it needs ')
+      f'error: no space left on device to write {logdir / "variables.pkl"}: '
+      'it needs ')
   assert ' MB, ' in error and ' free on that filesystem' in error
   # The old checkpoint and every finished episode are intact; no temp file.
   assert (logdir / 'variables.pkl').read_bytes() == checkpoint
@@ -413,13 +439,15 @@ def fake_nvidia_smi(directory):
   """A stand-in nvidia-smi that lists one GPU; returns a PATH with it first."""
   directory.mkdir(exist_ok=True)
   script = directory / 'nvidia-smi'
-  script.write_text('#!/bin/sh\necho "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1)"\n')
+  script.write_text(
+      '#!/bin/sh\necho "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1)"\n')
   script.chmod(0o755)
   return f'{directory}:{os.environ["PATH"]}'
 
 
 @pytest.mark.parametrize('gpu', [True, False], ids=['nvidia-smi', 'none'])
-def test_make_installs_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(tmp_path, gpu):
+def test_make_installs_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(
+    tmp_path, gpu):
   env = dict(os.environ)
   if gpu:
     env['PATH'] = fake_nvidia_smi(tmp_path / 'bin')
@@ -430,9 +458,11 @@ def test_make_installs_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(tmp_pat
   result = subprocess.run(['make', '-n', '-B', '.venv/.installed'], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=60)
   assert result.returncode == 0, result.stderr
-  installs = [line for line in result.stdout.splitlines() if 'pip install' in line]
-  version = [line.split('==')[1] for line in (ROOT / 'requirements.txt').read_text(
-      ).splitlines() if line.startswith('tensorflow==')][0]
+  installs = [line for line in result.stdout.splitlines()
+              if 'pip install' in line]
+  version = [line.split('==')[1]
+             for line in (ROOT / 'requirements.txt').read_text().splitlines()
+             if line.startswith('tensorflow==')][0]
   assert installs[0] == '.venv/bin/pip install -r requirements.txt'
   cuda = f".venv/bin/pip install 'tensorflow[and-cuda]=={version}'"
   assert installs[1:] == ([cuda] if gpu else [])
@@ -447,19 +477,23 @@ def test_a_gpu_that_tensorflow_cannot_see_is_warned_about_once(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   warnings = [l for l in result.stderr.splitlines() if 'nvidia-smi lists' in l]
   assert len(warnings) == 1
-  assert 'NVIDIA A100' in warnings[0] and 'tensorflow[and-cuda]==2.21' in warnings[0]
+  assert ('NVIDIA A100' in warnings[0]
+          and 'tensorflow[and-cuda]==2.21' in warnings[0])
   assert 'Precision 32: float32 on CPU' in result.stdout
 
 
 def test_a_killed_env_process_ends_the_run_saved_with_its_name(tmp_path):
   logdir = tmp_path / 'pong'
-  process = start(logdir, {'steps': 1e5, 'eval_every': 1e4, 'envs_parallel': 'process'})
+  process = start(
+      logdir, {'steps': 1e5, 'eval_every': 1e4, 'envs_parallel': 'process'})
   try:
-    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)), process)
+    wait_for(lambda: any('model_loss' in line for line in read_metrics(logdir)),
+             process)
     children = sorted(
         int(pid) for pid in (pathlib.Path('/proc') / str(process.pid) / 'task' /
                              str(process.pid) / 'children').read_text().split()
-        if 'spawn_main' in (pathlib.Path('/proc') / pid / 'cmdline').read_bytes().decode())
+        if 'spawn_main' in (
+            pathlib.Path('/proc') / pid / 'cmdline').read_bytes().decode())
     os.kill(children[0], signal.SIGKILL)  # The first built: the train env.
     process.wait(timeout=120)  # Not a hang.
   finally:

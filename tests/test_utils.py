@@ -48,13 +48,16 @@ def test_other_errors_pass_through_and_leave_no_temp(tmp_path):
   path = tmp_path / 'config.yaml'
   with pytest.raises(OSError) as info:
     utils.atomic_write(path, fail_after(10, errno.EIO))
-  assert info.value.errno == errno.EIO and not isinstance(info.value, utils.DiskFull)
+  assert (info.value.errno == errno.EIO
+          and not isinstance(info.value, utils.DiskFull))
   with pytest.raises(KeyboardInterrupt):
-    utils.atomic_write(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    utils.atomic_write(
+        path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt()))
   assert list(tmp_path.iterdir()) == []
 
 
-def test_the_checkpoint_config_and_episode_writers_use_it(tmp_path, monkeypatch):
+def test_the_checkpoint_config_and_episode_writers_use_it(
+    tmp_path, monkeypatch):
   import numpy as np
   import tensorflow as tf
   from common import config as config_lib
@@ -69,7 +72,8 @@ def test_the_checkpoint_config_and_episode_writers_use_it(tmp_path, monkeypatch)
   module.weight = tf.Variable(tf.ones([3]))
   tfutils.save_checkpoint(module, tmp_path / 'variables.pkl')
   config_lib.Config({'a': 1}).save(tmp_path / 'config.yaml')
-  episode = {'action': np.zeros((4, 2), np.float32), 'reward': np.zeros(4, np.float32)}
+  episode = {'action': np.zeros((4, 2), np.float32),
+             'reward': np.zeros(4, np.float32)}
   name = replay_lib.save_episode(tmp_path, episode).name
   assert written == ['variables.pkl', 'config.yaml', name]
   with open(tmp_path / 'variables.pkl', 'rb') as f:

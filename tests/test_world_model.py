@@ -35,7 +35,8 @@ def test_one_model_update_changes_every_world_model_weight():
   # no weight decay, so a weight changes only if its gradient is nonzero.
   config = H.tiny_config(**{'model_opt.wd': 0.0})
   obs, act = H.obs_space(image=(64, 64, 1), vector=5), H.act_space(True, 3)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   data = H.batch(obs, act, 3, 6, terminal_at=(5,))
   before = H.trainable_snapshot(wm)
   assert len(before) == len(wm.trainable_variables) > 40
@@ -50,7 +51,8 @@ def test_an_ensemble_of_prior_heads_trains_each_member_and_keeps_them_apart():
   # member at random, so over 6 steps x 5 updates every member gets gradients.
   config = H.tiny_config(**{'rssm.ensemble': 3, 'model_opt.wd': 0.0})
   obs, act = H.obs_space(vector=5), H.act_space(True, 3)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   rssm = wm.rssm
   heads = [rssm.img_dist] + [dist for _, _, dist in rssm.img_members]
   assert len(heads) == 3
@@ -85,7 +87,8 @@ def test_one_prior_head_keeps_the_checkpoint_names_of_earlier_runs():
   config = H.tiny_config()
   assert config.rssm.ensemble == 1
   obs = H.obs_space(vector=5)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   names = set(tfutils.named_variables(wm))
   assert {'rssm/img_dist/kernel', 'rssm/img_out/kernel'} <= names
   assert not any('img_members' in name for name in names)
@@ -94,37 +97,47 @@ def test_one_prior_head_keeps_the_checkpoint_names_of_earlier_runs():
 def test_model_loss_is_the_scaled_sum_of_kl_and_head_losses():
   # Atari scales: kl 0.1, discount 5, image and reward 1.
   config = H.tiny_config('atari')
-  assert dict(config.loss_scales) == {'kl': 0.1, 'reward': 1.0, 'discount': 5.0, 'proprio': 1.0}
+  assert dict(config.loss_scales) == {
+      'kl': 0.1, 'reward': 1.0, 'discount': 5.0, 'proprio': 1.0}
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   loss, outputs, metrics = wm.loss(H.batch(obs, act, 2, 4))
   m = {k: float(v) for k, v in metrics.items()}
-  expected = 0.1 * m['kl_loss'] + m['image_loss'] + m['reward_loss'] + 5.0 * m['discount_loss']
+  expected = (0.1 * m['kl_loss'] + m['image_loss'] + m['reward_loss']
+              + 5.0 * m['discount_loss'])
   assert float(loss) == pytest.approx(expected, rel=1e-6)
   # The image is a unit-variance Normal per pixel, summed over 64x64x1: at
   # least the Normal's constant 0.5 log(2 pi) per pixel.
   assert m['image_loss'] > 64 * 64 * 0.5 * np.log(2 * np.pi)
-  assert outputs['feat'].shape == (2, 4, 4 * 4 + 16)      # stoch x discrete + deter
-  assert m['model_kl'] == pytest.approx(float(tf.reduce_mean(outputs['kl'])), rel=1e-6)
+  assert outputs['feat'].shape == (2, 4, 4 * 4 + 16)  # stoch x discrete + deter
+  assert m['model_kl'] == pytest.approx(
+      float(tf.reduce_mean(outputs['kl'])), rel=1e-6)
 
 
 def test_heads_learn_tanh_rewards_and_discount_times_not_terminal():
   config = H.tiny_config('atari')
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   data = H.batch(obs, act, 1, 3, terminal_at=(2,))
   data['reward'] = tf.constant([[0.0, 2.0, -10.0]])
   targets = wm.preprocess(data)
-  np.testing.assert_allclose(targets['reward'], [[0.0, np.tanh(2.0), np.tanh(-10.0)]], rtol=1e-6)
-  np.testing.assert_allclose(targets['discount'], [[0.999, 0.999, 0.0]], rtol=1e-6)
-  np.testing.assert_allclose(targets['image'], data['image'].numpy() / 255 - 0.5, atol=1e-6)
+  np.testing.assert_allclose(
+      targets['reward'], [[0.0, np.tanh(2.0), np.tanh(-10.0)]], rtol=1e-6)
+  np.testing.assert_allclose(
+      targets['discount'], [[0.999, 0.999, 0.0]], rtol=1e-6)
+  np.testing.assert_allclose(
+      targets['image'], data['image'].numpy() / 255 - 0.5, atol=1e-6)
 
 
-@pytest.mark.parametrize('grad_heads', [('decoder', 'reward', 'discount'), ('decoder',)])
+@pytest.mark.parametrize(
+    'grad_heads', [('decoder', 'reward', 'discount'), ('decoder',)])
 def test_only_grad_heads_shape_the_representation(grad_heads):
   config = H.tiny_config(grad_heads=list(grad_heads))
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
-  wm = agent_lib.WorldModel(config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
+  wm = agent_lib.WorldModel(
+      config, obs, 3, tf.Variable(0, dtype=tf.int64, trainable=False))
   representation = wm.encoder.trainable_variables + wm.rssm.trainable_variables
   with tf.GradientTape(persistent=True) as tape:
     _, _, metrics = wm.loss(H.batch(obs, act, 2, 4))
@@ -136,8 +149,10 @@ def test_only_grad_heads_shape_the_representation(grad_heads):
     else:
       assert norm == 0, head
     # The head itself always learns.
-    head_grads = tape.gradient(metrics[f'{head}_loss'], wm.heads[head].trainable_variables)
-    assert all(g is not None and float(tf.norm(g)) > 0 for g in head_grads), head
+    head_grads = tape.gradient(
+        metrics[f'{head}_loss'], wm.heads[head].trainable_variables)
+    assert all(g is not None and float(tf.norm(g)) > 0
+               for g in head_grads), head
 
 
 # Checkpoints -----------------------------------------------------------------
@@ -151,7 +166,8 @@ def trained_agent(config, obs, act, steps=2, seed=0):
   return agent, data
 
 
-def test_checkpoint_round_trips_weights_and_optimizer_state_bit_exactly(tmp_path):
+def test_checkpoint_round_trips_weights_and_optimizer_state_bit_exactly(
+    tmp_path):
   config = H.tiny_config()
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
   agent, data = trained_agent(config, obs, act, steps=2)
@@ -159,8 +175,9 @@ def test_checkpoint_round_trips_weights_and_optimizer_state_bit_exactly(tmp_path
   path = tmp_path / 'variables.pkl'
   tfutils.save_checkpoint(agent, path)
   fresh = make_agent(config, obs, act, seed=1)
-  differ = [n for n, v in H.snapshot(fresh).items() if not np.array_equal(v, saved[n])]
-  assert len(differ) > 100          # weights, Adam moments and counters all differ
+  differ = [n for n, v in H.snapshot(fresh).items()
+            if not np.array_equal(v, saved[n])]
+  assert len(differ) > 100  # weights, Adam moments and counters all differ
   tfutils.load_checkpoint(fresh, path)
   restored = H.snapshot(fresh)
   assert sorted(restored) == sorted(saved)
@@ -168,7 +185,8 @@ def test_checkpoint_round_trips_weights_and_optimizer_state_bit_exactly(tmp_path
   # The optimizer state is in there: Adam moments and the step counters.
   named = tfutils.named_variables(fresh)
   counters = {n: int(v) for n, v in named.items() if n.endswith('_opt/updates')}
-  assert len(counters) >= 3 and set(counters.values()) == {2}, counters   # model, actor, critic
+  # model, actor, critic
+  assert len(counters) >= 3 and set(counters.values()) == {2}, counters
   optimizer_state = [n for n in named if re.search(r'_opt/(m|v)/\d+$', n)]
   assert len(optimizer_state) >= 2 * len(agent.wm.trainable_variables)
   assert all(np.abs(named[n].numpy()).sum() > 0 for n in optimizer_state
@@ -182,13 +200,15 @@ def test_checkpoint_round_trips_weights_and_optimizer_state_bit_exactly(tmp_path
   assert [n for n in after if not np.array_equal(after[n], resumed[n])] == []
 
 
-def test_checkpoint_of_another_model_size_raises_a_mismatch_naming_the_variable(tmp_path):
+def test_checkpoint_of_another_model_size_raises_a_mismatch_naming_the_variable(
+    tmp_path):
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
   small = make_agent(H.tiny_config(), obs, act)
   path = tmp_path / 'variables.pkl'
   tfutils.save_checkpoint(small, path)
   bigger = make_agent(H.tiny_config(**{'rssm.deter': 24}), obs, act)
-  shapes = {n: tuple(v.shape) for n, v in tfutils.named_variables(small).items()}
+  shapes = {n: tuple(v.shape)
+            for n, v in tfutils.named_variables(small).items()}
   differ = [n for n, v in tfutils.named_variables(bigger).items()
             if n in shapes and tuple(v.shape) != shapes[n]]
   assert differ
@@ -200,7 +220,7 @@ def test_checkpoint_of_another_model_size_raises_a_mismatch_naming_the_variable(
   assert str(path) in message and '\n' not in message
   listed = message.split('changed?): ')[1]
   assert listed.startswith('wm/'), message  # The world model's sizes first.
-  assert H.unchanged(before, bigger) == sorted(before)        # nothing half-loaded
+  assert H.unchanged(before, bigger) == sorted(before)  # nothing half-loaded
 
 
 def test_agent_checkpoint_holds_every_variable(tmp_path):
@@ -227,14 +247,15 @@ def test_agent_checkpoint_holds_every_variable(tmp_path):
 def test_atari_sized_agent_trains_under_tf_function_and_model_loss_decreases():
   # 64x64x1 images, 18 actions, batch 16 x 50, deter 600: the speed-benchmark
   # size, with the config's own precision (16: bfloat16 on a CPU).
-  config = config_lib.parse(['--configs', 'defaults', 'atari', '--dataset.batch', '16'])
+  config = config_lib.parse(
+      ['--configs', 'defaults', 'atari', '--dataset.batch', '16'])
   assert config.jit and config.rssm.deter == 600 and config.rssm.hidden == 600
   assert config.precision == 16
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 18)
   with H.precision(config.precision, device='cpu'):
     agent = make_agent(config, obs, act)
     params = sum(int(np.prod(v.shape)) for v in agent.wm.trainable_variables)
-    assert 15e6 < params < 25e6         # the paper's 22M are mostly the world model
+    assert 15e6 < params < 25e6  # the paper's 22M are mostly the world model
     data = H.batch(obs, act, 16, 50, terminal_at=(49,))
     # A learnable picture: a bright square on a dark background in every frame.
     image = np.full((16, 50, 64, 64, 1), 30, np.uint8)
