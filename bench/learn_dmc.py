@@ -131,6 +131,20 @@ def sittings(logdir):
   return done
 
 
+def close_killed_sitting(logdir):
+  """Writes the estimated end of a sitting whose benchmark was killed, before
+  a new sitting's files would move that estimate."""
+  path = logdir / 'sittings.jsonl'
+  if not path.exists():
+    return
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  if not lines or 'end' in json.loads(lines[-1]):
+    return
+  lines[-1] = json.dumps(sittings(logdir)[-1])
+  text = '\n'.join(lines) + '\n'
+  utils.atomic_write(path, lambda f: f.write(text), mode='w')
+
+
 def code_version():
   """The commit the children run (with '+changes' when the tree is dirty)."""
   try:
@@ -182,6 +196,7 @@ def run_seeds(args, seeds, steps):
         seed = pending.pop(0)
         logdir = seed_logdir(args.logdir, args.task, seed)
         logdir.mkdir(parents=True, exist_ok=True)
+        close_killed_sitting(logdir)
         record = {'start': time.time(), 'start_step': stored_steps(logdir),
                   'start_updates': updates_made(logdir), 'jobs': args.jobs,
                   'commit': code_version()}

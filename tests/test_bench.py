@@ -268,16 +268,23 @@ def test_dreamer_learns_minigrid_empty_from_pixels(tmp_path):
 
 def test_learn_dmc_quick_resumes_and_reports_every_figure(tmp_path):
   # Two sittings of a tiny model: the second resumes what the first saved.
+  # Before them, a sitting whose benchmark was killed (no end written): its
+  # end is estimated from the logdir's newest file before new files come.
   logdir = tmp_path / 'runs'
+  seed_dir = logdir / 'dmc_walker_walk' / 'dreamerv2_tf2' / '0'
+  seed_dir.mkdir(parents=True)
+  (seed_dir / 'sittings.jsonl').write_text(
+      json.dumps({'start': 1000.0, 'start_step': 0, 'start_updates': 0}) + '\n')
+  os.utime(seed_dir / 'sittings.jsonl', (1500.0, 1500.0))
   (result,) = run_bench(
       ['bench/learn_dmc.py', '--quick', '--logdir', str(logdir)], tmp_path,
       timeout=240)
   assert result['complete'] and result['quick']
   (run,) = result['runs']
-  assert run['sittings'] == 2
-  sittings = [json.loads(line) for line in (
-      logdir / 'dmc_walker_walk' / 'dreamerv2_tf2' / '0' / 'sittings.jsonl'
-  ).read_text().splitlines()]
+  assert run['sittings'] == 3
+  killed, *sittings = [json.loads(line) for line in (
+      seed_dir / 'sittings.jsonl').read_text().splitlines()]
+  assert killed['end'] == 1500.0 and killed['estimated_end']
   assert [s['exit'] for s in sittings] == [0, 0]
   # The second sitting starts where the first ended and reaches the end.
   assert sittings[1]['start_step'] == sittings[0]['end_step'] > 0
