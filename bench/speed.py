@@ -284,6 +284,9 @@ def main():
   parser.add_argument('--distribute', action='store_true',
                       help='update_s on one device and on 2 logical CPU '
                            'devices')
+  parser.add_argument('--xla', action='store_true',
+                      help='time the update under XLA against the graph '
+                           'update (precision 16 and 32)')
   parser.add_argument('--_child', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--_peak', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
@@ -314,6 +317,20 @@ def main():
         'none_compile_s': one['compile_s'],
         'mirrored2_compile_s': two['compile_s'],
         'mirrored2_over_none': round(two['update_s'] / one['update_s'], 3)}
+    result['machine'] = machine()
+    print(json.dumps(result))
+    return
+  if args.xla:
+    # XLA against the graph update, both precisions, in the same run.
+    for precision in (16, 32):
+      flags = base + size + extra + ['--precision', str(precision)]
+      graph = run_child(flags + ['--xla', 'False'], calls)
+      xla = run_child(flags + ['--xla', 'True'], calls)
+      result[f'xla{precision}'] = {
+          'graph_update_s': graph['update_s'], 'xla_update_s': xla['update_s'],
+          'graph_compile_s': graph['compile_s'],
+          'xla_compile_s': xla['compile_s'],
+          'xla_over_graph': round(xla['update_s'] / graph['update_s'], 3)}
     result['machine'] = machine()
     print(json.dumps(result))
     return
