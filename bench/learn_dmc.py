@@ -134,14 +134,16 @@ def sittings(logdir):
 def close_killed_sitting(logdir):
   """Writes the estimated end of a sitting whose benchmark was killed, before
   a new sitting's files would move that estimate."""
+  spent = sittings(logdir)
+  if spent and spent[-1].get('estimated_end'):
+    replace_last_sitting(logdir, spent[-1])
+
+
+def replace_last_sitting(logdir, record):
+  """Rewrites the last line of sittings.jsonl as `record` (atomically)."""
   path = logdir / 'sittings.jsonl'
-  if not path.exists():
-    return
   lines = [line for line in path.read_text().splitlines() if line.strip()]
-  if not lines or 'end' in json.loads(lines[-1]):
-    return
-  lines[-1] = json.dumps(sittings(logdir)[-1])
-  text = '\n'.join(lines) + '\n'
+  text = '\n'.join(lines[:-1] + [json.dumps(record)]) + '\n'
   utils.atomic_write(path, lambda f: f.write(text), mode='w')
 
 
@@ -213,15 +215,11 @@ def run_seeds(args, seeds, steps):
         output.close()
         del running[seed]
         logdir = seed_logdir(args.logdir, args.task, seed)
-        lines = (logdir / 'sittings.jsonl').read_text().splitlines()
-        record = {**json.loads(lines[-1]), 'end': time.time(),
-                  'end_step': stored_steps(logdir),
-                  'end_updates': updates_made(logdir),
-                  'exit': process.returncode}
-        lines[-1] = json.dumps(record)
-        text = '\n'.join(lines) + '\n'
-        utils.atomic_write(
-            logdir / 'sittings.jsonl', lambda f: f.write(text), mode='w')
+        last = (logdir / 'sittings.jsonl').read_text().splitlines()[-1]
+        replace_last_sitting(logdir, {
+            **json.loads(last), 'end': time.time(),
+            'end_step': stored_steps(logdir),
+            'end_updates': updates_made(logdir), 'exit': process.returncode})
         if process.returncode != 0 and not stopping:
           tail = (logdir / 'train.log').read_text()[-2000:]
           raise SystemExit(

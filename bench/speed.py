@@ -271,6 +271,18 @@ def run_child(argv, calls, quick=False):
   return json.loads(lines[-1])
 
 
+def run_pair(flags, calls, first, second):
+  """Two settings of the same update, each (name, extra flags) in a child:
+  their update and compile times and second / first."""
+  (a, a_flags), (b, b_flags) = first, second
+  one = run_child(flags + a_flags, calls)
+  two = run_child(flags + b_flags, calls)
+  return {f'{a}_update_s': one['update_s'], f'{b}_update_s': two['update_s'],
+          f'{a}_compile_s': one['compile_s'],
+          f'{b}_compile_s': two['compile_s'],
+          f'{b}_over_{a}': round(two['update_s'] / one['update_s'], 3)}
+
+
 def main():
   parser = argparse.ArgumentParser(
       description='DreamerV2 speed benchmark (one JSON line).')
@@ -308,29 +320,19 @@ def main():
   if args.distribute:
     # The cost of distribution here: one device against 2 logical CPU devices
     # that share the same cores, at the same global batch, precision 16.
-    flags = base + size + extra + ['--precision', '16']
-    one = run_child(flags, calls)
-    two = run_child(flags + ['--distribute.strategy', 'mirrored',
-                             '--distribute.cpu_devices', '2'], calls)
-    result['distribute'] = {
-        'none_update_s': one['update_s'], 'mirrored2_update_s': two['update_s'],
-        'none_compile_s': one['compile_s'],
-        'mirrored2_compile_s': two['compile_s'],
-        'mirrored2_over_none': round(two['update_s'] / one['update_s'], 3)}
+    result['distribute'] = run_pair(
+        base + size + extra + ['--precision', '16'], calls, ('none', []),
+        ('mirrored2', ['--distribute.strategy', 'mirrored',
+                       '--distribute.cpu_devices', '2']))
     result['machine'] = machine()
     print(json.dumps(result))
     return
   if args.xla:
     # XLA against the graph update, both precisions, in the same run.
     for precision in (16, 32):
-      flags = base + size + extra + ['--precision', str(precision)]
-      graph = run_child(flags + ['--xla', 'False'], calls)
-      xla = run_child(flags + ['--xla', 'True'], calls)
-      result[f'xla{precision}'] = {
-          'graph_update_s': graph['update_s'], 'xla_update_s': xla['update_s'],
-          'graph_compile_s': graph['compile_s'],
-          'xla_compile_s': xla['compile_s'],
-          'xla_over_graph': round(xla['update_s'] / graph['update_s'], 3)}
+      result[f'xla{precision}'] = run_pair(
+          base + size + extra + ['--precision', str(precision)], calls,
+          ('graph', ['--xla', 'False']), ('xla', ['--xla', 'True']))
     result['machine'] = machine()
     print(json.dumps(result))
     return
