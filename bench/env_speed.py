@@ -8,7 +8,9 @@
 (stacking, callbacks and episode assembly included). Frames per second = agent
 steps x action repeat. For one Atari env it also times gymnasium's
 AtariPreprocessing on the same protocol in the same run (`ours_over_gymnasium`);
-for several envs, one env with the same --parallel (`speedup_over_one_env`).
+for several envs, one env with the same --parallel (`speedup_over_one_env`)
+and, for threads or processes, one env in this process
+(`speedup_over_one_env_in_process`).
 """
 
 import argparse
@@ -132,6 +134,15 @@ def main():
     compare['one_env_steps_per_second'] = round(one[0] / one[1], 1)
     compare['speedup_over_one_env'] = round(
         bare[0] / bare[1] / (one[0] / one[1]), 3)
+    if args.parallel != 'none':
+      # And one env in this process, envs_parallel none: the default config.
+      local = envs.Parallel(functools.partial(ctor, seed=0), 'none')
+      one = bare_loop([local], args.steps, np.random.default_rng(3))
+      local.close()
+      compare['one_env_in_process_steps_per_second'] = round(
+          one[0] / one[1], 1)
+      compare['speedup_over_one_env_in_process'] = round(
+          bare[0] / bare[1] / (one[0] / one[1]), 3)
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each, in this run.
     ours = bare_loop([envs.Parallel(functools.partial(ctor, seed=0), 'none')],

@@ -3,10 +3,12 @@
 import collections
 import functools
 import importlib.util
+import os
 import pathlib
 import pickle
 import subprocess
 import sys
+import time
 
 import gymnasium
 import numpy as np
@@ -413,6 +415,83 @@ def test_parallel_runs_train_and_eval_atari_envs(strategy):
       assert not env._process.is_alive() and env._process.exitcode == 0
     with pytest.raises(RuntimeError, match='closed'):
       env.reset()
+
+
+def test_packing_gives_back_each_value_with_its_type():
+  env = envs.make('atari_pong', action_repeat=4, seed=0)
+  packing = envs._Packing(env.obs_space)
+  for obs in [env.reset(), env.step(onehot(3))]:
+    data = packing.pack(obs)
+    assert len(data) == 64 * 64 + 4 + 3  # image, float32 reward, 3 flags
+    back = packing.unpack(data)
+    assert list(back) == list(env.obs_space)
+    for key, value in obs.items():
+      assert type(back[key]) is type(value), key
+      np.testing.assert_array_equal(back[key], value)
+    assert back['image'].flags.writeable  # A copy of its own.
+    assert not np.shares_memory(back['image'], data)
+
+
+def test_packing_declines_what_the_spaces_do_not_lay_out():
+  env = envs.make('atari_pong', action_repeat=4, seed=0)
+  packing = envs._Packing(env.obs_space)
+  obs = env.reset()
+  assert packing.pack(obs) is not None
+  for change in [
+      {'extra': np.zeros(2)}, {'image': obs['image'].astype(np.float32)},
+      {'image': obs['image'][:32]}, {'reward': np.array(0, np.float32)},
+      {'reward': 0.0}, {'is_last': np.bool_(False)}]:
+    assert packing.pack({**obs, **change}) is None, change
+  assert packing.pack([obs]) is None
+  assert envs._Packing({'text': gymnasium.spaces.Text(5)}).pack(
+      {'text': 'hello'}) is None
+
+
+def test_a_process_env_steps_exactly_as_one_in_this_process():
+  ctor = functools.partial(
+      envs.make, 'atari_pong', action_repeat=4, time_limit=27000, seed=3)
+  here, there = envs.Parallel(ctor, 'none'), envs.Parallel(ctor, 'process')
+  tags = []
+  receive = there._conn.recv_bytes
+
+  def spy():  # The tag of each reply from the env process.
+    message = receive()
+    tags.append(message[:1])
+    return message
+  there._conn.recv_bytes = spy
+  rng = np.random.default_rng(0)
+  pairs = [(here.reset(), there.reset())]
+  for step in range(30):
+    action = onehot(int(rng.integers(18)))
+    if step == 10:  # float64 does not fit the layout: it travels pickled.
+      action = {'action': action['action'].astype(np.float64)}
+    pairs.append((here.step(action), there.step(action)))
+  for mine, theirs in pairs:
+    assert list(mine) == list(theirs)
+    for key in mine:
+      assert type(mine[key]) is type(theirs[key]), key
+      np.testing.assert_array_equal(mine[key], theirs[key])
+  assert tags == [envs._OBS] * 31  # Every observation came back packed.
+  here.close()
+  there.close()
+
+
+def test_an_idle_env_process_sleeps():
+  env = envs.Parallel(
+      functools.partial(envs.make, 'atari_pong', seed=0), 'process')
+  env.reset()
+  env.step(onehot(0))
+  stat = pathlib.Path(f'/proc/{env._process.pid}/stat')
+
+  def cpu_seconds():  # utime + stime of the env process.
+    fields = stat.read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+  before = cpu_seconds()
+  time.sleep(1)
+  used = cpu_seconds() - before
+  env.close()
+  assert used < 0.1  # It polls 0.3 ms for the next call, then sleeps.
 
 
 def test_process_errors_carry_the_env_traceback():
