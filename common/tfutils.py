@@ -250,11 +250,11 @@ def schedule(string):
         f'{ {"warmup": 2}.get(kind, 3)} numbers, e.g. {example}')
   def fraction(step, duration):
     return tf.clip_by_value(tf.cast(step, tf.float32) / duration, 0, 1)
+  def mix(step, initial, final, duration):  # From initial to final, linearly.
+    f = fraction(step, duration)
+    return (1 - f) * initial + f * final
   if kind == 'linear':
-    initial, final, duration = args
-    return lambda step: (
-        (1 - fraction(step, duration)) * initial
-        + fraction(step, duration) * final)
+    return lambda step: mix(step, *args)
   if kind == 'warmup':
     duration, value = args  # The original's order: warmup(duration, value).
     return lambda step: fraction(step, duration) * value
@@ -263,12 +263,7 @@ def schedule(string):
     return lambda step: (
         (initial - final) * 0.5 ** (tf.cast(step, tf.float32) / halflife)
         + final)
-  initial, final, duration = args
-  def horizon(step):
-    h = ((1 - fraction(step, duration)) * initial
-         + fraction(step, duration) * final)
-    return 1 - 1 / h
-  return horizon
+  return lambda step: 1 - 1 / mix(step, *args)  # horizon: a discount.
 
 
 class StreamNorm(tf.Module):
