@@ -976,8 +976,8 @@ def _await_message(conn, seconds=3e-4):
   """Poll for the next call a moment before sleeping in recv.
 
   The driver's next step usually comes within this time; a process that
-  slept waits ~40-250 us to be woken on these 2-core VMs, and polling keeps
-  two env processes 1.7-1.9x one where sleeping gave 1.5-1.75x
+  slept waits ~40-250 us to be woken on these 2-core VMs, and two Atari env
+  processes stepped 1.2-1.37x faster polling than sleeping
   (bench/README.md). sched_yield hands the core to the parent when it waits
   for one.
   """
