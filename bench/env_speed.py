@@ -125,33 +125,35 @@ def main():
   driven = driver_loop(env_list, args.steps, rng)
   for env in env_list:
     env.close()
+  def one_env_rate(strategy, seed):
+    """Steps per second of one env (seed 0) built with `strategy`."""
+    env = envs.Parallel(functools.partial(ctor, seed=0), strategy)
+    try:
+      steps, seconds, _ = bare_loop(
+          [env], args.steps, np.random.default_rng(seed))
+    finally:
+      env.close()
+    return steps / seconds
+
+  rate = bare[0] / bare[1]
   compare = {}
   if args.envs > 1:
     # The same strategy with one env, in this run: what the extra envs buy.
-    single = envs.Parallel(functools.partial(ctor, seed=0), args.parallel)
-    one = bare_loop([single], args.steps, np.random.default_rng(2))
-    single.close()
-    compare['one_env_steps_per_second'] = round(one[0] / one[1], 1)
-    compare['speedup_over_one_env'] = round(
-        bare[0] / bare[1] / (one[0] / one[1]), 3)
+    one = one_env_rate(args.parallel, 2)
+    compare['one_env_steps_per_second'] = round(one, 1)
+    compare['speedup_over_one_env'] = round(rate / one, 3)
     if args.parallel != 'none':
       # And one env in this process, envs_parallel none: the default config.
-      local = envs.Parallel(functools.partial(ctor, seed=0), 'none')
-      one = bare_loop([local], args.steps, np.random.default_rng(3))
-      local.close()
-      compare['one_env_in_process_steps_per_second'] = round(
-          one[0] / one[1], 1)
-      compare['speedup_over_one_env_in_process'] = round(
-          bare[0] / bare[1] / (one[0] / one[1]), 3)
+      local = one_env_rate('none', 3)
+      compare['one_env_in_process_steps_per_second'] = round(local, 1)
+      compare['speedup_over_one_env_in_process'] = round(rate / local, 3)
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each, in this run.
-    ours = bare_loop([envs.Parallel(functools.partial(ctor, seed=0), 'none')],
-                     args.steps, np.random.default_rng(1))
+    ours = one_env_rate('none', 1)
     theirs = gymnasium_loop(envs.atari_game(args.task), args.steps, repeat, 0)
-    compare = {
-        'ours_steps_per_second': round(ours[0] / ours[1], 1),
-        'gymnasium_preprocessing_steps_per_second': round(
-            theirs[0] / theirs[1], 1)}
+    compare['ours_steps_per_second'] = round(ours, 1)
+    compare['gymnasium_preprocessing_steps_per_second'] = round(
+        theirs[0] / theirs[1], 1)
     compare['ours_over_gymnasium'] = round(
         compare['ours_steps_per_second']
         / compare['gymnasium_preprocessing_steps_per_second'], 3)
@@ -161,7 +163,7 @@ def main():
       'parallel': args.parallel,
       'action_repeat': repeat,
       'steps': args.steps,
-      'env_steps_per_second': round(bare[0] / bare[1], 1),
+      'env_steps_per_second': round(rate, 1),
       'env_frames_per_second': round(bare[0] * repeat / bare[1], 1),
       'driver_steps_per_second': round(driven[0] / driven[1], 1),
       'episodes': bare[2] + driven[2],

@@ -232,6 +232,21 @@ def test_env_speed_reports_steps_per_second(tmp_path):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
 
 
+def test_env_speed_compares_two_env_processes_with_one(tmp_path):
+  result = run_bench(['bench/env_speed.py', '--steps', '100', '--envs', '2',
+                      '--parallel', 'process'], tmp_path)[-1]
+  assert result['envs'] == 2 and result['parallel'] == 'process', result
+  for key in ('env_steps_per_second', 'one_env_steps_per_second',
+              'one_env_in_process_steps_per_second'):
+    assert is_finite(result[key]) and result[key] > 0, (key, result)
+  assert result['speedup_over_one_env'] == pytest.approx(
+      result['env_steps_per_second'] / result['one_env_steps_per_second'],
+      rel=0.01), result
+  assert result['speedup_over_one_env_in_process'] == pytest.approx(
+      result['env_steps_per_second']
+      / result['one_env_in_process_steps_per_second'], rel=0.01), result
+
+
 def test_plot_speed_plots_the_generated_runs(tmp_path):
   result = run_bench(['bench/plot_speed.py', '--tasks', '2', '--methods', '2',
                       '--seeds', '2', '--lines', '20'], tmp_path)[-1]
