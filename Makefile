@@ -40,8 +40,9 @@ train: venv
 	$(VENV)/bin/python dreamerv2/train.py --logdir $(LOGDIR) --configs defaults atari --task atari_pong
 
 # pytest exits 5 when it collects no tests: that is a failure, not a pass.
+# --durations=10: the slowest tests, to keep the suite under its 20 minutes.
 define pytest
-	$(VENV)/bin/python -m pytest -q $(1); status=$$?; \
+	$(VENV)/bin/python -m pytest -q --durations=10 $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then \
 	  echo "error: pytest collected no tests (exit 5); check tests/ and pytest.ini" >&2; \
 	fi; \
