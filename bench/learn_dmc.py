@@ -47,8 +47,9 @@ from common import utils  # noqa: E402
 METHOD = 'dreamerv2_tf2'
 PUBLISHED = ROOT / 'scores' / 'dmc-vision-dreamerv2.json'
 ACTION_REPEAT = 2  # The dmc_vision block's; frames = agent steps * 2.
-# --quick only: a tiny model, a short prefill and 100-step episodes, so that
+# --quick only: a tiny model, a short prefill and 50-step episodes, so that
 # two sittings fit in CI. The learning run never passes these.
+QUICK_TIME_LIMIT = 50  # Agent steps; the random floor uses it too.
 QUICK = [
     '--rssm.deter', '16', '--rssm.hidden', '16', '--rssm.stoch', '4',
     '--rssm.discrete', '4', '--encoder.cnn_depth', '2',
@@ -56,7 +57,7 @@ QUICK = [
     '--actor.units', '16', '--critic.units', '16', '--dataset.batch', '2',
     '--dataset.length', '8', '--prefill', '100', '--pretrain', '1',
     '--train_every', '50', '--log_every', '250', '--imag_horizon', '3',
-    '--precision', '32', '--time_limit', '100']
+    '--precision', '32', '--time_limit', str(QUICK_TIME_LIMIT)]
 
 
 def seed_logdir(root, task, seed):
@@ -236,14 +237,17 @@ def random_floor(args):
   DIR/TASK/random_floor.json."""
   path = (pathlib.Path(args.logdir).expanduser() / args.task
           / 'random_floor.json')
+  time_limit = QUICK_TIME_LIMIT if args.quick else 0
   if path.exists():
     cached = json.loads(path.read_text())
-    if cached['episodes'] == args.floor_episodes:
+    if (cached['episodes'], cached.get('time_limit', 0)) == (
+        args.floor_episodes, time_limit):
       return cached
   os.environ.setdefault('MUJOCO_GL', 'egl')
   import numpy as np
   from common import envs
-  env = envs.make(args.task, 'eval', action_repeat=ACTION_REPEAT, seed=12345)
+  env = envs.make(args.task, 'eval', action_repeat=ACTION_REPEAT, seed=12345,
+                  time_limit=time_limit)
   rng = np.random.default_rng(0)
   size = env.act_space['action'].shape[0]
   returns = []
@@ -254,7 +258,8 @@ def random_floor(args):
       total += float(obs['reward'])
     returns.append(total)
   env.close()
-  result = {'episodes': args.floor_episodes, 'mean': float(np.mean(returns)),
+  result = {'episodes': args.floor_episodes, 'time_limit': time_limit,
+            'mean': float(np.mean(returns)),
             'std': float(np.std(returns)),
             'returns': [round(r, 2) for r in returns]}
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +380,7 @@ def main():
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
   if args.quick:
-    args.frames, args.eval_every, args.floor_episodes = 1400, 350, 1
+    args.frames, args.eval_every, args.floor_episodes = 800, 200, 1
     args.seeds = [0]
   if args.window is None:
     args.window = (max(0.0, args.frames - 30000.0), float(args.frames))
