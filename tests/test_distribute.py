@@ -73,9 +73,14 @@ def one_device(tmp_path_factory):
   return run(tmp_path_factory.mktemp('one'), 'none', 'none', 0, 3)
 
 
+@pytest.fixture(scope='module')
+def mirrored(tmp_path_factory):
+  # The same 3 updates over 2 logical CPU devices.
+  return run(tmp_path_factory.mktemp('mirrored'), 'mirrored', 'mirrored', 2, 3)
+
+
 def test_mirrored_over_two_devices_is_the_one_device_update(
-    one_device, tmp_path):
-  mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
+    one_device, mirrored):
   assert_same_update(one_device, mirrored)
   variables, metrics, _ = mirrored
   assert metrics[-1]['model_skipped_steps'] == 0
@@ -116,7 +121,7 @@ def tf_config(cluster, index):
 
 
 def test_two_workers_equal_each_other_and_the_mirrored_run(
-    one_device, tmp_path):
+    one_device, mirrored, tmp_path):
   cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
   started = [run(tmp_path, f'worker{i}', 'multi_worker', 0, 3,
                  env=tf_config(cluster, i), wait=False) for i in range(2)]
@@ -132,7 +137,6 @@ def test_two_workers_equal_each_other_and_the_mirrored_run(
   workers = [load(out) for _, out in started]
   for name, value in workers[0][0].items():
     np.testing.assert_array_equal(value, workers[1][0][name], err_msg=name)
-  mirrored = run(tmp_path, 'mirrored', 'mirrored', 2, 3)
   assert_same_update(one_device, workers[0])
   for name, value in mirrored[0].items():
     np.testing.assert_allclose(workers[0][0][name][0], value[0], rtol=1e-6,
