@@ -327,6 +327,7 @@ def train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task=True):
       training.save(snapshot=True)
       if int(training.step) >= config.steps:
         training.evaluate()  # The curve ends with the final policy's score.
+    training.keep_ongoing()
     training.release_workers()
     training.logger.write()
     print(f'Finished {int(training.step)} steps; '
@@ -501,13 +502,20 @@ class Training:
     self.agent.train(next(self.dataset()), step=int(self.step), stop=True)
     self.save()
 
-  def shutdown(self):
-    """After a stop: keep the steps of the episodes in progress (as episodes
-    without is_last) and save the checkpoint."""
-    self.logger.write()
+  def keep_ongoing(self):
+    """Store the train episodes in progress as they are (without is_last):
+    a resumed run counts its step from the stored steps, so they must equal
+    the steps taken, at a stop and at the end (a rerun of a finished run
+    then has nothing to do)."""
     kept = self.train_replay.save_ongoing()
     if kept:
       print(f'Kept {kept} steps of the episodes in progress.')
+
+  def shutdown(self):
+    """After a stop: keep the episodes in progress and save the
+    checkpoint."""
+    self.logger.write()
+    self.keep_ongoing()
     if self.trained:
       self.release_workers()
       self.save()

@@ -247,6 +247,15 @@ def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
   assert 'Prefill' not in result.stdout
   steps = [line['step'] for line in read_metrics(logdir)]
   assert steps == sorted(steps) and max(steps) == (stopped + 20) * 4
+  # It ended 20 steps into an episode: those are stored too, so the same
+  # command again finds the run finished and neither trains nor evaluates.
+  assert stored_steps(logdir) == stopped + 20
+  metrics = read_metrics(logdir)
+  again = train(logdir, {'steps': stopped + 20, 'eval_every': 1e4})
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert f'Finished {stopped + 20} steps' in again.stdout
+  assert 'Start training' not in again.stdout
+  assert read_metrics(logdir) == metrics
 
 
 def test_kept_checkpoints_are_the_newest_and_a_damaged_one_falls_back(tmp_path):
