@@ -194,7 +194,7 @@ def run_seeds(args, seeds, steps):
   previous = {sig: signal.signal(sig, stop)
               for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
-    while pending or running:
+    while running or (pending and not stopping):
       while pending and len(running) < args.jobs and not stopping:
         seed = pending.pop(0)
         logdir = seed_logdir(args.logdir, args.task, seed)

@@ -334,3 +334,31 @@ def test_learn_dmc_quick_resumes_and_reports_every_figure(tmp_path):
   assert (scores[0]['method'] == 'dreamerv2_tf2'
           and scores[0]['xs'] == run['frames'])
   assert pathlib.Path(result['png']).stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_learn_dmc_ctrl_c_ends_the_run_with_seeds_still_waiting(tmp_path):
+  # --jobs 1 and two seeds: Ctrl-C while seed 0 trains stops it, and the
+  # benchmark returns instead of waiting for seed 1, which it never starts.
+  # A child that sleeps stands in for train.py.
+  code = f"""
+import signal, sys, threading, os
+sys.path.insert(0, 'bench')
+import learn_dmc
+learn_dmc.train_command = lambda args, seed, steps: [
+    sys.executable, '-c', 'import time; time.sleep(60)']
+args = learn_dmc.argparse.Namespace(
+    logdir={str(tmp_path)!r}, task='dmc_walker_walk', jobs=1,
+    eval_every=5000, quick=False)
+threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()
+print('complete', learn_dmc.run_seeds(args, [0, 1], 50000))
+"""
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=90)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'complete False' in result.stdout
+  seeds = tmp_path / 'dmc_walker_walk' / 'dreamerv2_tf2'
+  (sitting,) = [json.loads(line) for line in
+                (seeds / '0' / 'sittings.jsonl').read_text().splitlines()]
+  assert sitting['exit'] != 0 and sitting['end'] > sitting['start']
+  assert not (seeds / '1' / 'sittings.jsonl').exists()
