@@ -10,7 +10,9 @@ steps x action repeat. For one Atari env it also times gymnasium's
 AtariPreprocessing on the same protocol in the same run (`ours_over_gymnasium`);
 for several envs, one env with the same --parallel (`speedup_over_one_env`)
 and, for threads or processes, one env in this process
-(`speedup_over_one_env_in_process`).
+(`speedup_over_one_env_in_process`). The loops run in --rounds interleaved
+rounds of --steps each; rates and ratios are the medians over the rounds,
+with every round's figure in the `_rounds` lists.
 """
 
 import argparse
@@ -108,7 +110,13 @@ def main():
   parser.add_argument('--action_repeat', type=int, default=None,
                       help='default: 4 for atari, 2 for dmc, 1 otherwise')
   parser.add_argument('--time_limit', type=int, default=27000)
+  parser.add_argument('--rounds', type=int, default=5,
+                      help='interleaved rounds of the loops compared')
   args = parser.parse_args()
+  for flag in ('steps', 'envs', 'rounds'):
+    if getattr(args, flag) < 1:
+      parser.exit(2, f'error: --{flag} must be at least 1; got '
+                  f'{getattr(args, flag)}.\n')
   try:
     envs.check_task(args.task)
   except (envs.UnknownTask, envs.MissingPackage) as error:
@@ -121,52 +129,73 @@ def main():
       envs.Parallel(functools.partial(ctor, seed=i), args.parallel)
       for i in range(args.envs)]
   rng = np.random.default_rng(0)
-  bare = bare_loop(env_list, args.steps, rng)
-  driven = driver_loop(env_list, args.steps, rng)
-  for env in env_list:
-    env.close()
-  def one_env_rate(strategy, seed):
-    """Steps per second of one env (seed 0) built with `strategy`."""
-    env = envs.Parallel(functools.partial(ctor, seed=0), strategy)
-    try:
-      steps, seconds, _ = bare_loop(
-          [env], args.steps, np.random.default_rng(seed))
-    finally:
-      env.close()
-    return steps / seconds
-
-  rate = bare[0] / bare[1]
-  compare = {}
+  # What the rate is compared with, in this run, each in its own loop.
+  others = {}
   if args.envs > 1:
-    # The same strategy with one env, in this run: what the extra envs buy.
-    one = one_env_rate(args.parallel, 2)
-    compare['one_env_steps_per_second'] = round(one, 1)
-    compare['speedup_over_one_env'] = round(rate / one, 3)
+    # The same strategy with one env: what the extra envs buy.
+    others['one_env'] = [envs.Parallel(
+        functools.partial(ctor, seed=0), args.parallel)]
     if args.parallel != 'none':
       # And one env in this process, envs_parallel none: the default config.
-      local = one_env_rate('none', 3)
-      compare['one_env_in_process_steps_per_second'] = round(local, 1)
-      compare['speedup_over_one_env_in_process'] = round(rate / local, 3)
+      others['one_env_in_process'] = [
+          envs.Parallel(functools.partial(ctor, seed=0), 'none')]
   if args.task.startswith('atari_') and args.envs == 1:
-    # Ours against gymnasium's wrapper, one env each, in this run.
-    ours = one_env_rate('none', 1)
-    theirs = gymnasium_loop(envs.atari_game(args.task), args.steps, repeat, 0)
-    compare['ours_steps_per_second'] = round(ours, 1)
-    compare['gymnasium_preprocessing_steps_per_second'] = round(
-        theirs[0] / theirs[1], 1)
-    compare['ours_over_gymnasium'] = round(
-        compare['ours_steps_per_second']
-        / compare['gymnasium_preprocessing_steps_per_second'], 3)
+    # Ours against gymnasium's wrapper, one env each.
+    others['ours'] = [envs.Parallel(functools.partial(ctor, seed=0), 'none')]
+    others['gymnasium_preprocessing'] = None
+  # Rounds interleave the loops, so that a change of the machine's speed
+  # during the run (these VMs drift by 1.5x within minutes) meets them all;
+  # a ratio is the median of the rounds' ratios.
+  rates = {name: [] for name in ['envs', *others]}
+  episodes = 0
+  for index in range(args.rounds):
+    for position, (name, group) in enumerate(
+        [('envs', env_list), *others.items()]):
+      if name == 'gymnasium_preprocessing':
+        steps, seconds, count = gymnasium_loop(
+            envs.atari_game(args.task), args.steps, repeat, index)
+      else:
+        steps, seconds, count = bare_loop(
+            group, args.steps, np.random.default_rng([index, position]))
+      rates[name].append(steps / seconds)
+      episodes += count if name == 'envs' else 0
+  driven = driver_loop(env_list, args.steps, rng)
+  episodes += driven[2]
+  for group in [env_list, *others.values()]:
+    for env in group or []:
+      env.close()
+
+  def ratios(name, over):
+    return [a / b for a, b in zip(rates[name], rates[over])]
+
+  rate = float(np.median(rates['envs']))
+  compare = {}
+  for name in others:
+    compare[f'{name}_steps_per_second'] = round(
+        float(np.median(rates[name])), 1)
+    compare[f'{name}_steps_per_second_rounds'] = [
+        round(x, 1) for x in rates[name]]
+  for name in ('one_env', 'one_env_in_process'):
+    if name in others:
+      each = ratios('envs', name)
+      compare[f'speedup_over_{name}'] = round(float(np.median(each)), 3)
+      compare[f'speedup_over_{name}_rounds'] = [round(x, 3) for x in each]
+  if 'ours' in others:
+    each = ratios('ours', 'gymnasium_preprocessing')
+    compare['ours_over_gymnasium'] = round(float(np.median(each)), 3)
+    compare['ours_over_gymnasium_rounds'] = [round(x, 3) for x in each]
   print(json.dumps({
       'task': args.task,
       'envs': args.envs,
       'parallel': args.parallel,
       'action_repeat': repeat,
       'steps': args.steps,
+      'rounds': args.rounds,
       'env_steps_per_second': round(rate, 1),
-      'env_frames_per_second': round(bare[0] * repeat / bare[1], 1),
+      'env_frames_per_second': round(rate * repeat, 1),
+      'env_steps_per_second_rounds': [round(x, 1) for x in rates['envs']],
       'driver_steps_per_second': round(driven[0] / driven[1], 1),
-      'episodes': bare[2] + driven[2],
+      'episodes': episodes,
       **compare,
   }))
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -229,7 +230,8 @@ def test_profile_update_reports_the_top_ops_and_removes_its_trace(tmp_path):
 
 
 def test_env_speed_reports_steps_per_second(tmp_path):
-  result = run_bench(['bench/env_speed.py', '--steps', '200'], tmp_path)[-1]
+  result = run_bench(['bench/env_speed.py', '--steps', '200', '--rounds', '2'],
+                     tmp_path)[-1]
   assert result['task'] == 'atari_pong' and result['steps'] == 200, result
   for key in ('env_steps_per_second', 'env_frames_per_second',
               'driver_steps_per_second'):
@@ -241,21 +243,57 @@ def test_env_speed_reports_steps_per_second(tmp_path):
               'gymnasium_preprocessing_steps_per_second',
               'ours_over_gymnasium'):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
+  assert_medians_of_rounds(result, 2, 'env_steps_per_second',
+                           'ours_steps_per_second',
+                           'gymnasium_preprocessing_steps_per_second',
+                           'ours_over_gymnasium')
+  assert result['ours_over_gymnasium_rounds'] == pytest.approx(
+      [a / b for a, b in zip(
+          result['ours_steps_per_second_rounds'],
+          result['gymnasium_preprocessing_steps_per_second_rounds'])],
+      rel=0.01), result
 
 
 def test_env_speed_compares_two_env_processes_with_one(tmp_path):
   result = run_bench(['bench/env_speed.py', '--steps', '100', '--envs', '2',
-                      '--parallel', 'process'], tmp_path)[-1]
+                      '--parallel', 'process', '--rounds', '3'],
+                     tmp_path)[-1]
   assert result['envs'] == 2 and result['parallel'] == 'process', result
   for key in ('env_steps_per_second', 'one_env_steps_per_second',
               'one_env_in_process_steps_per_second'):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
-  assert result['speedup_over_one_env'] == pytest.approx(
-      result['env_steps_per_second'] / result['one_env_steps_per_second'],
-      rel=0.01), result
-  assert result['speedup_over_one_env_in_process'] == pytest.approx(
-      result['env_steps_per_second']
-      / result['one_env_in_process_steps_per_second'], rel=0.01), result
+  assert_medians_of_rounds(result, 3, 'env_steps_per_second',
+                           'one_env_steps_per_second',
+                           'one_env_in_process_steps_per_second',
+                           'speedup_over_one_env',
+                           'speedup_over_one_env_in_process')
+  # Each round's ratio is of the rates measured in that round.
+  for name in ('one_env', 'one_env_in_process'):
+    assert result[f'speedup_over_{name}_rounds'] == pytest.approx(
+        [a / b for a, b in zip(result['env_steps_per_second_rounds'],
+                               result[f'{name}_steps_per_second_rounds'])],
+        rel=0.01), (name, result)
+
+
+def assert_medians_of_rounds(result, rounds, *keys):
+  """Each figure is the median of its `_rounds` list, one entry a round."""
+  assert result['rounds'] == rounds, result
+  for key in keys:
+    each = result[f'{key}_rounds']
+    assert len(each) == rounds and all(
+        is_finite(x) and x > 0 for x in each), (key, result)
+    assert result[key] == pytest.approx(float(np.median(each)),
+                                        rel=1e-3), (key, result)
+
+
+@pytest.mark.parametrize('flag', ['--rounds', '--steps', '--envs'])
+def test_env_speed_refuses_a_count_below_one(tmp_path, flag):
+  result = subprocess.run(
+      [sys.executable, 'bench/env_speed.py', flag, '0'], cwd=ROOT,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert f'{flag} must be at least 1; got 0' in result.stderr, result.stderr
+  assert not result.stdout, result.stdout
 
 
 def test_plot_speed_plots_the_generated_runs(tmp_path):
