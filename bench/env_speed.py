@@ -144,7 +144,7 @@ def main():
     others['ours'] = [envs.Parallel(functools.partial(ctor, seed=0), 'none')]
     others['gymnasium_preprocessing'] = None
   # Rounds interleave the loops, so that a change of the machine's speed
-  # during the run (these VMs drift by 1.5x within minutes) meets them all;
+  # during the run (1.5x within half an hour, bench/README.md) meets them all;
   # a ratio is the median of the rounds' ratios.
   rates = {name: [] for name in ['envs', *others]}
   episodes = 0

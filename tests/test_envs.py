@@ -483,10 +483,10 @@ def test_an_idle_env_process_sleeps():
   tasks = pathlib.Path(f'/proc/{env._process.pid}/task')
 
   def cpu_seconds():
-    # Time on a CPU of the env process's threads, in ns. Not utime + stime
-    # of /proc/PID/stat: those are clock ticks rescaled to the exact time
-    # when read, and jumped by up to 10 ticks (0.1 s) in the second after a
-    # step while the exact time grew by 0.17 ms.
+    # Time on a CPU of the env process's threads (schedstat counts ns). Not
+    # utime + stime of /proc/PID/stat: those are clock ticks rescaled to the
+    # exact time when read, and jumped by up to 10 ticks (0.1 s) in the
+    # second after a step while the exact time grew by 0.17 ms.
     return sum(int((task / 'schedstat').read_text().split()[0])
                for task in tasks.iterdir()) / 1e9
 
