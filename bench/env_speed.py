@@ -128,62 +128,63 @@ def main():
   env_list = [
       envs.Parallel(functools.partial(ctor, seed=i), args.parallel)
       for i in range(args.envs)]
-  rng = np.random.default_rng(0)
-  # What the rate is compared with, in this run, each in its own loop.
-  others = {}
+  opened = list(env_list)  # Every env built here, closed at the end.
+
+  def one_env(strategy):
+    env = envs.Parallel(functools.partial(ctor, seed=0), strategy)
+    opened.append(env)
+    return [env]
+
+  def bare(group):
+    return lambda index, position: bare_loop(
+        group, args.steps, np.random.default_rng([index, position]))
+
+  # Each loop by name; the first is what is measured, the rest what it is
+  # compared with in this run.
+  loops = {'envs': bare(env_list)}
   if args.envs > 1:
     # The same strategy with one env: what the extra envs buy.
-    others['one_env'] = [envs.Parallel(
-        functools.partial(ctor, seed=0), args.parallel)]
+    loops['one_env'] = bare(one_env(args.parallel))
     if args.parallel != 'none':
       # And one env in this process, envs_parallel none: the default config.
-      others['one_env_in_process'] = [
-          envs.Parallel(functools.partial(ctor, seed=0), 'none')]
+      loops['one_env_in_process'] = bare(one_env('none'))
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each.
-    others['ours'] = [envs.Parallel(functools.partial(ctor, seed=0), 'none')]
-    others['gymnasium_preprocessing'] = None
+    loops['ours'] = bare(one_env('none'))
+    loops['gymnasium_preprocessing'] = lambda index, _: gymnasium_loop(
+        envs.atari_game(args.task), args.steps, repeat, index)
   # Rounds interleave the loops, so that a change of the machine's speed
   # during the run (1.5x within half an hour, bench/README.md) meets them all;
   # a ratio is the median of the rounds' ratios.
-  rates = {name: [] for name in ['envs', *others]}
+  rates = {name: [] for name in loops}
   episodes = 0
   for index in range(args.rounds):
-    for position, (name, group) in enumerate(
-        [('envs', env_list), *others.items()]):
-      if name == 'gymnasium_preprocessing':
-        steps, seconds, count = gymnasium_loop(
-            envs.atari_game(args.task), args.steps, repeat, index)
-      else:
-        steps, seconds, count = bare_loop(
-            group, args.steps, np.random.default_rng([index, position]))
+    for position, (name, loop) in enumerate(loops.items()):
+      steps, seconds, count = loop(index, position)
       rates[name].append(steps / seconds)
       episodes += count if name == 'envs' else 0
-  driven = driver_loop(env_list, args.steps, rng)
+  driven = driver_loop(env_list, args.steps, np.random.default_rng(0))
   episodes += driven[2]
-  for group in [env_list, *others.values()]:
-    for env in group or []:
-      env.close()
+  for env in opened:
+    env.close()
 
-  def ratios(name, over):
-    return [a / b for a, b in zip(rates[name], rates[over])]
+  figures = {}
 
+  def report(key, values, digits):
+    """The median of one figure over the rounds, and every round's value."""
+    figures[key] = round(float(np.median(values)), digits)
+    figures[f'{key}_rounds'] = [round(x, digits) for x in values]
+
+  for name in rates:
+    key = 'env' if name == 'envs' else name
+    report(f'{key}_steps_per_second', rates[name], 1)
+  for key, (name, over) in {
+      'speedup_over_one_env': ('envs', 'one_env'),
+      'speedup_over_one_env_in_process': ('envs', 'one_env_in_process'),
+      'ours_over_gymnasium': ('ours', 'gymnasium_preprocessing')}.items():
+    if over in rates:
+      report(key, [a / b for a, b in zip(rates[name], rates[over])], 3)
   rate = float(np.median(rates['envs']))
-  compare = {}
-  for name in others:
-    compare[f'{name}_steps_per_second'] = round(
-        float(np.median(rates[name])), 1)
-    compare[f'{name}_steps_per_second_rounds'] = [
-        round(x, 1) for x in rates[name]]
-  for name in ('one_env', 'one_env_in_process'):
-    if name in others:
-      each = ratios('envs', name)
-      compare[f'speedup_over_{name}'] = round(float(np.median(each)), 3)
-      compare[f'speedup_over_{name}_rounds'] = [round(x, 3) for x in each]
-  if 'ours' in others:
-    each = ratios('ours', 'gymnasium_preprocessing')
-    compare['ours_over_gymnasium'] = round(float(np.median(each)), 3)
-    compare['ours_over_gymnasium_rounds'] = [round(x, 3) for x in each]
   print(json.dumps({
       'task': args.task,
       'envs': args.envs,
@@ -191,12 +192,10 @@ def main():
       'action_repeat': repeat,
       'steps': args.steps,
       'rounds': args.rounds,
-      'env_steps_per_second': round(rate, 1),
       'env_frames_per_second': round(rate * repeat, 1),
-      'env_steps_per_second_rounds': [round(x, 1) for x in rates['envs']],
       'driver_steps_per_second': round(driven[0] / driven[1], 1),
       'episodes': episodes,
-      **compare,
+      **figures,
   }))
 
 
