@@ -8,9 +8,12 @@
 (stacking, callbacks and episode assembly included). Frames per second = agent
 steps x action repeat. For one Atari env it also times gymnasium's
 AtariPreprocessing on the same protocol in the same run (`ours_over_gymnasium`);
-for several envs, one env with the same --parallel (`speedup_over_one_env`)
-and, for threads or processes, one env in this process
-(`speedup_over_one_env_in_process`). The loops run in --rounds interleaved
+for several envs, one env with the same --parallel (`speedup_over_one_env`),
+for threads or processes one env in this process
+(`speedup_over_one_env_in_process`), and what the machine allows: as many
+env loops in processes of their own that never wait for each other, against
+one such loop alone (`independent_speedup`), and the envs' rate over theirs
+(`envs_over_independent`). The loops run in --rounds interleaved
 rounds of --steps each; rates and ratios are the medians over the rounds,
 with every round's figure in the `_rounds` lists.
 """
@@ -18,7 +21,9 @@ with every round's figure in the `_rounds` lists.
 import argparse
 import functools
 import json
+import multiprocessing
 import pathlib
+import pickle
 import sys
 import time
 
@@ -69,6 +74,55 @@ def driver_loop(env_list, steps, rng):
   start = time.perf_counter()
   driver(policy, steps=steps)
   return steps, time.perf_counter() - start, len(episodes)
+
+
+class Independent:
+  """An env loop in a process of its own: no messages while it runs.
+
+  Several of them, started together, step as fast as the machine lets that
+  many env loops run at once; nothing a driver does can beat them.
+  """
+
+  def __init__(self, ctor):
+    context = multiprocessing.get_context('spawn')
+    self._conn, child = context.Pipe()
+    self._process = context.Process(
+        target=_independent_worker, args=(child, pickle.dumps(ctor)),
+        daemon=True)
+    self._process.start()
+    child.close()
+    self._conn.recv()  # Built.
+
+  def start(self, steps, seed):
+    self._conn.send((steps, seed))
+
+  def wait(self):
+    return self._conn.recv()
+
+  def close(self):
+    self._conn.send(None)
+    self._process.join(10)
+
+
+def _independent_worker(conn, ctor):
+  env = envs.Parallel(pickle.loads(ctor), 'none')
+  conn.send(True)
+  while (request := conn.recv()) is not None:
+    steps, seed = request
+    conn.send(bare_loop([env], steps, np.random.default_rng(seed)))
+  env.close()
+
+
+def independent_loop(workers, steps, seed):
+  """`steps` agent steps split over the workers, run at once; the wall time
+  from starting the first to the last one's end."""
+  start = time.perf_counter()
+  for index, worker in enumerate(workers):
+    worker.start(steps // len(workers), seed + [index])
+  results = [worker.wait() for worker in workers]
+  seconds = time.perf_counter() - start
+  return (sum(done for done, _, _ in results), seconds,
+          sum(count for _, _, count in results))
 
 
 def gymnasium_loop(game, steps, repeat, seed):
@@ -139,6 +193,13 @@ def main():
     return lambda index, position: bare_loop(
         group, args.steps, np.random.default_rng([index, position]))
 
+  def independent(count):
+    workers = [Independent(functools.partial(ctor, seed=i))
+               for i in range(count)]
+    opened.extend(workers)
+    return lambda index, position: independent_loop(
+        workers, args.steps, [index, position])
+
   # Each loop by name; the first is what is measured, the rest what it is
   # compared with in this run.
   loops = {'envs': bare(env_list)}
@@ -148,6 +209,9 @@ def main():
     if args.parallel != 'none':
       # And one env in this process, envs_parallel none: the default config.
       loops['one_env_in_process'] = bare(one_env('none'))
+    # The machine's own bound: as many loops that never wait for each other.
+    loops['independent'] = independent(args.envs)
+    loops['one_independent'] = independent(1)
   if args.task.startswith('atari_') and args.envs == 1:
     # Ours against gymnasium's wrapper, one env each.
     loops['ours'] = bare(one_env('none'))
@@ -181,6 +245,8 @@ def main():
   for key, (name, over) in {
       'speedup_over_one_env': ('envs', 'one_env'),
       'speedup_over_one_env_in_process': ('envs', 'one_env_in_process'),
+      'independent_speedup': ('independent', 'one_independent'),
+      'envs_over_independent': ('envs', 'independent'),
       'ours_over_gymnasium': ('ours', 'gymnasium_preprocessing')}.items():
     if over in rates:
       report(key, [a / b for a, b in zip(rates[name], rates[over])], 3)

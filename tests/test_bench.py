@@ -259,20 +259,23 @@ def test_env_speed_compares_two_env_processes_with_one(tmp_path):
                       '--parallel', 'process', '--rounds', '3'],
                      tmp_path)[-1]
   assert result['envs'] == 2 and result['parallel'] == 'process', result
-  for key in ('env_steps_per_second', 'one_env_steps_per_second',
-              'one_env_in_process_steps_per_second'):
-    assert is_finite(result[key]) and result[key] > 0, (key, result)
-  assert_medians_of_rounds(result, 3, 'env_steps_per_second',
-                           'one_env_steps_per_second',
-                           'one_env_in_process_steps_per_second',
-                           'speedup_over_one_env',
-                           'speedup_over_one_env_in_process')
+  rates = ('env_steps_per_second', 'one_env_steps_per_second',
+           'one_env_in_process_steps_per_second',
+           'independent_steps_per_second',
+           'one_independent_steps_per_second')
+  assert_medians_of_rounds(result, 3, *rates, 'speedup_over_one_env',
+                           'speedup_over_one_env_in_process',
+                           'independent_speedup', 'envs_over_independent')
   # Each round's ratio is of the rates measured in that round.
-  for name in ('one_env', 'one_env_in_process'):
-    assert result[f'speedup_over_{name}_rounds'] == pytest.approx(
-        [a / b for a, b in zip(result['env_steps_per_second_rounds'],
-                               result[f'{name}_steps_per_second_rounds'])],
-        rel=0.01), (name, result)
+  for ratio, (rate, over) in {
+      'speedup_over_one_env': ('env', 'one_env'),
+      'speedup_over_one_env_in_process': ('env', 'one_env_in_process'),
+      'independent_speedup': ('independent', 'one_independent'),
+      'envs_over_independent': ('env', 'independent')}.items():
+    assert result[f'{ratio}_rounds'] == pytest.approx(
+        [a / b for a, b in zip(result[f'{rate}_steps_per_second_rounds'],
+                               result[f'{over}_steps_per_second_rounds'])],
+        rel=0.01), (ratio, result)
 
 
 def assert_medians_of_rounds(result, rounds, *keys):
