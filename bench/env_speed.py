@@ -114,11 +114,13 @@ def _independent_worker(conn, ctor):
 
 
 def independent_loop(workers, steps, seed):
-  """`steps` agent steps split over the workers, run at once; the wall time
-  from starting the first to the last one's end."""
+  """`steps` agent steps split over the workers (rounded up, as the bare
+  loop rounds up to whole rounds), run at once; the wall time from starting
+  the first to the last one's end."""
+  each = -(-steps // len(workers))
   start = time.perf_counter()
   for index, worker in enumerate(workers):
-    worker.start(steps // len(workers), seed + [index])
+    worker.start(each, seed + [index])
   results = [worker.wait() for worker in workers]
   seconds = time.perf_counter() - start
   return (sum(done for done, _, _ in results), seconds,

@@ -278,6 +278,16 @@ def test_env_speed_compares_two_env_processes_with_one(tmp_path):
         rel=0.01), (ratio, result)
 
 
+def test_env_speed_with_fewer_steps_than_envs(tmp_path):
+  # Every loop rounds up to whole rounds: no loop of zero steps, no rate 0.
+  result = run_bench(['bench/env_speed.py', '--steps', '2', '--envs', '3',
+                      '--parallel', 'process', '--rounds', '1'],
+                     tmp_path)[-1]
+  for key in ('env_steps_per_second', 'independent_steps_per_second',
+              'independent_speedup', 'envs_over_independent'):
+    assert is_finite(result[key]) and result[key] > 0, (key, result)
+
+
 def assert_medians_of_rounds(result, rounds, *keys):
   """Each figure is the median of its `_rounds` list, one entry a round."""
   assert result['rounds'] == rounds, result
