@@ -41,8 +41,11 @@ train: venv
 
 # pytest exits 5 when it collects no tests: that is a failure, not a pass.
 # --durations=10: the slowest tests, to keep the suite under its 20 minutes.
+# PYTHONFAULTHANDLER: a process the tests start that dies of a signal
+# (SIGSEGV, SIGABRT) prints every thread's Python stack to its stderr, which
+# the tests show when they fail.
 define pytest
-	$(VENV)/bin/python -m pytest -q --durations=10 $(1); status=$$?; \
+	PYTHONFAULTHANDLER=1 $(VENV)/bin/python -m pytest -q --durations=10 $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then \
 	  echo "error: pytest collected no tests (exit 5); check tests/ and pytest.ini" >&2; \
 	fi; \

@@ -313,34 +313,45 @@ def main():
       tfutils.save_checkpoint(wm, ckpt / 'world_model.pkl')
 
   start, interrupted = time.time(), False
-  # Shells start background jobs (`cmd &`) with SIGINT ignored; restore
-  # Python's handler so that `kill -INT` stops those runs early too. A plain
-  # `kill` (SIGTERM) stops the run the same way.
-  signal.signal(signal.SIGINT, signal.default_int_handler)
-  signal.signal(signal.SIGTERM, signal.default_int_handler)
-  try:
-    for i in range(len(losses), args.updates):
-      metrics = train(next(dataset))
-      losses.append({k: float(metrics[k]) for k in LOSS_KEYS})
-      if i == segment['start']:
-        segment['compile_s'] = round(time.time() - start, 1)
-        start = time.time()
-      segment['end'] = len(losses)
-      if (args.eval_every and (i + 1) % args.eval_every == 0
-          and i + 1 < args.updates):
-        begin = time.time()
-        record(i + 1)
-        segment['eval_s'] += time.time() - begin
-        segment['train_s'] = time.time() - start - segment['eval_s']
-        save()
-  except KeyboardInterrupt:
-    # Ctrl-C (SIGINT) ends training early; the report covers the updates done.
+
+  def stop(signum, frame):
+    """Ctrl-C (SIGINT) or SIGTERM: stop after the update that runs and
+    report the updates done. A second Ctrl-C quits at once. The loop checks
+    the flag between updates, so no exception cuts into TensorFlow's code
+    (tf.data's generator thread, a function call)."""
+    nonlocal interrupted
+    if interrupted and signum == signal.SIGINT:
+      raise KeyboardInterrupt()
     interrupted = True
+    print('Stopping after this update, then reporting (Ctrl-C again quits '
+          'at once).', file=sys.stderr, flush=True)
+
+  # Shells start background jobs (`cmd &`) with SIGINT ignored; installing
+  # the handler lets `kill -INT` stop those runs early too, and a plain
+  # `kill` (SIGTERM) stops the run the same way.
+  signal.signal(signal.SIGINT, stop)
+  signal.signal(signal.SIGTERM, stop)
+  for i in range(len(losses), args.updates):
+    if interrupted:
+      break
+    metrics = train(next(dataset))
+    losses.append({k: float(metrics[k]) for k in LOSS_KEYS})
+    if i == segment['start']:
+      segment['compile_s'] = round(time.time() - start, 1)
+      start = time.time()
+    segment['end'] = len(losses)
+    if (args.eval_every and (i + 1) % args.eval_every == 0
+        and i + 1 < args.updates):
+      begin = time.time()
+      record(i + 1)
+      segment['eval_s'] += time.time() - begin
+      segment['train_s'] = time.time() - start - segment['eval_s']
+      save()
+  if interrupted:
     print(f'Interrupted after {len(losses)} updates: reporting them.',
           file=sys.stderr, flush=True)
     if not losses:
-      sys.exit(
-          'Interrupted before the first update finished: nothing to report.')
+      sys.exit('Interrupted before the first update: nothing to report.')
   segment['train_s'] = round(time.time() - start - segment['eval_s'], 1)
   segment['eval_s'] = round(segment['eval_s'], 1)
   done = len(losses)
