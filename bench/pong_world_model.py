@@ -14,9 +14,10 @@ frame. Saves the open-loop strips (truth / one rollout / mean of the rollouts
   python3 bench/pong_world_model.py --updates 200 --batch 16
   python3 bench/pong_world_model.py --quick          # < 2 min, tiny model, CI
 
-Ctrl-C or `kill -INT` (also for a run started in the background) ends
-training early and still reports the updates done (`"interrupted": true`,
-`updates` = the number done).
+Ctrl-C, `kill -INT` (also for a run started in the background) or `kill`
+ends training after the update that runs and still reports the updates done
+(`"interrupted": true`, `updates` = the number done); a second Ctrl-C quits
+at once.
 
 Long runs: `--checkpoint DIR` keeps the episodes, the world model with its
 optimizer state, and the losses and curve so far in DIR, saved at every curve
