@@ -35,9 +35,9 @@ import atexit
 import json
 import pathlib
 import shutil
-import signal
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -191,6 +191,7 @@ def main():
   from common import nets
   from common import replay as replaylib
   from common import tfutils
+  from common import utils
   from dreamerv2 import agent as agentlib
   tf.random.set_seed(args.seed)
   rng = np.random.default_rng(args.seed)
@@ -313,27 +314,16 @@ def main():
           'losses': losses, 'curve': curve, 'segments': segments + [segment]})
       tfutils.save_checkpoint(wm, ckpt / 'world_model.pkl')
 
-  start, interrupted = time.time(), False
-
-  def stop(signum, frame):
-    """Ctrl-C (SIGINT) or SIGTERM: stop after the update that runs and
-    report the updates done. A second Ctrl-C quits at once. The loop checks
-    the flag between updates, so no exception cuts into TensorFlow's code
-    (tf.data's generator thread, a function call)."""
-    nonlocal interrupted
-    if interrupted and signum == signal.SIGINT:
-      raise KeyboardInterrupt()
-    interrupted = True
-    print('Stopping after this update, then reporting (Ctrl-C again quits '
-          'at once).', file=sys.stderr, flush=True)
-
-  # Shells start background jobs (`cmd &`) with SIGINT ignored; installing
-  # the handler lets `kill -INT` stop those runs early too, and a plain
-  # `kill` (SIGTERM) stops the run the same way.
-  signal.signal(signal.SIGINT, stop)
-  signal.signal(signal.SIGTERM, stop)
+  start = time.time()
+  # Ctrl-C or SIGTERM stops after the update that runs. Shells start
+  # background jobs (`cmd &`) with SIGINT ignored; the handler lets
+  # `kill -INT` stop those runs early too.
+  stop = threading.Event()
+  utils.install_stop_handler(
+      stop, 'Stopping after this update, then reporting (Ctrl-C again quits '
+      'at once).', sys.stderr)
   for i in range(len(losses), args.updates):
-    if interrupted:
+    if stop.is_set():
       break
     metrics = train(next(dataset))
     losses.append({k: float(metrics[k]) for k in LOSS_KEYS})
@@ -348,6 +338,7 @@ def main():
       segment['eval_s'] += time.time() - begin
       segment['train_s'] = time.time() - start - segment['eval_s']
       save()
+  interrupted = stop.is_set()
   if interrupted:
     print(f'Interrupted after {len(losses)} updates: reporting them.',
           file=sys.stderr, flush=True)

@@ -1,11 +1,15 @@
-"""Step counters of the training loop, the one atomic file write, and
-reading a checkpoint file (a pickled {name: array}) without TensorFlow."""
+"""Step counters of the training loop, the one atomic file write, reading a
+checkpoint file (a pickled {name: array}) without TensorFlow, and the Ctrl-C
+handler of the training scripts."""
 
 import errno
 import os
 import pathlib
 import pickle
 import shutil
+import signal
+import sys
+import threading
 
 
 class Counter:
@@ -128,3 +132,29 @@ def read_checkpoint(path):
   if not isinstance(values, dict):
     raise CheckpointUnreadable(f'{path} does not hold a checkpoint')
   return values
+
+
+def install_stop_handler(stop, message, file=None):
+  """Ctrl-C or SIGTERM sets `stop` (a threading.Event) and prints `message`
+  (to stdout unless `file`); a second Ctrl-C interrupts at once.
+
+  The caller's loop checks `stop` between its steps, so no exception cuts
+  into TensorFlow's code. Returns the previous handlers, or None off the main
+  thread (where Python cannot install signal handlers, e.g. api.train in a
+  worker thread).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  def handler(signum, frame):
+    if stop.is_set() and signum == signal.SIGINT:
+      raise KeyboardInterrupt()
+    stop.set()
+    print(message, file=file or sys.stdout, flush=True)
+  return {sig: signal.signal(sig, handler)
+          for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_handlers(handlers):
+  """Puts back what install_stop_handler returned."""
+  for sig, handler in (handlers or {}).items():
+    signal.signal(sig, handler)

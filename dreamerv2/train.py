@@ -249,7 +249,9 @@ def run(config, make_envs, outputs=None, task=True):
   with ignore_sigint():  # Env processes inherit it: Ctrl-C is ours to handle.
     train_envs, eval_envs = make_envs()
   stop = threading.Event()
-  handlers = install_stop_handler(stop)
+  handlers = utils.install_stop_handler(
+      stop, '\nStopping after the current step and saving the checkpoint '
+      '(Ctrl-C again quits without saving).')
   try:
     train_loop(config, logdir, train_envs, eval_envs, outputs, stop, task)
   finally:
@@ -258,7 +260,7 @@ def run(config, make_envs, outputs=None, task=True):
         env.close()
       except Exception as e:
         print(f'Closing an env failed: {e}', file=sys.stderr)
-    restore_handlers(handlers)
+    utils.restore_handlers(handlers)
 
 
 def make_strategy(config):
@@ -790,29 +792,6 @@ def saved_config_changes(path, config):
     return []
   return [f'{key}: {old} -> {new}'
           for key, old, new in config_lib.diff(saved, config)]
-
-
-def install_stop_handler(stop):
-  """Ctrl-C or SIGTERM sets `stop`; a second Ctrl-C interrupts at once.
-
-  Returns the previous handlers, or None off the main thread (where Python
-  cannot install signal handlers, e.g. api.train in a worker thread).
-  """
-  if threading.current_thread() is not threading.main_thread():
-    return None
-  def handler(signum, frame):
-    if stop.is_set() and signum == signal.SIGINT:
-      raise KeyboardInterrupt()
-    stop.set()
-    print('\nStopping after the current step and saving the checkpoint '
-          '(Ctrl-C again quits without saving).', flush=True)
-  return {sig: signal.signal(sig, handler)
-          for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def restore_handlers(handlers):
-  for sig, handler in (handlers or {}).items():
-    signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
