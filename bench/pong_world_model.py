@@ -225,7 +225,7 @@ def main():
     tfutils.load_checkpoint(wm, ckpt / 'world_model.pkl')
     progress = json.loads((ckpt / 'progress.json').read_text())
     # progress.json is written before the weights, so it may run ahead of them.
-    done = int(wm.model_opt.updates.numpy() + wm.model_opt.skipped.numpy())
+    done = int(wm.model_opt.updates.numpy())  # Skipped steps count too.
     losses = progress['losses'][:done]
     curve = [row for row in progress['curve'] if row['updates'] <= done]
     segments = [{**s, 'end': min(s['end'], done)} for s in progress['segments']

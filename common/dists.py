@@ -178,7 +178,9 @@ class TruncNormal:
     return self._clipped(self._dist.sample())
 
   def mode(self):
-    return self._clipped(self._dist.mean())
+    # TFP's TruncatedNormal mode, clip(loc, low, high), as the original's
+    # TruncNormalDist (which overrides only `sample`): tanh of the head's mean.
+    return self._dist.mode()
 
   def log_prob(self, value):
     return self._dist.log_prob(tf.cast(value, tf.float32))

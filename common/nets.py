@@ -429,13 +429,14 @@ class Decoder(tf.Module):
 
 
 class GRUCell(tf.Module):
-  """Layer-normalised GRU: one Dense over concat(input, h) gives the reset,
+  """Layer-normalised GRU: one Dense (with bias, as the original's
+  `use_bias=norm is not None`) over concat(input, h) gives the reset,
   candidate and update parts; layer norm over them; update gate bias -1."""
 
   def __init__(self, inp, size, update_bias=-1.0, name=None):
     super().__init__(name=name)
     self.size = size
-    self.dense = Dense(inp + size, 3 * size, bias=False)
+    self.dense = Dense(inp + size, 3 * size)
     self.norm = LayerNorm(3 * size)
     self._update_bias = update_bias
 
@@ -443,7 +444,8 @@ class GRUCell(tf.Module):
     """x [B, inp], state [B, size] float32 -> new state float32."""
     parts = tf.matmul(
         tf.concat([cast(x), cast(state)], -1), cast(self.dense.kernel))
-    parts = self.norm(tf.cast(parts, tf.float32))
+    # The bias is added in float32, so its gradient is summed in float32.
+    parts = self.norm(tf.cast(parts, tf.float32) + self.dense.bias)
     reset, cand, update = tf.split(parts, 3, -1)
     reset = tf.sigmoid(reset)
     cand = tf.tanh(reset * cand)

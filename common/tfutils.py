@@ -20,6 +20,10 @@ class Optimizer(tf.Module):
   counted. Under float16 compute the loss is scaled dynamically: halved after
   an overflow, doubled after 2000 finite steps (bfloat16 and float32 need no
   scaling; their reported scale is 1).
+
+  As the original's Keras `LossScaleOptimizer` around Adam, every call counts
+  as an iteration (`updates`, which Adam's bias correction reads) and applies
+  the weight decay, whether its gradient step is applied or skipped.
   """
 
   # The optimized variables belong to their modules: not tracked here again.
@@ -72,7 +76,12 @@ class Optimizer(tf.Module):
     finite = tf.math.is_finite(norm)
     if self._clip:
       grads, _ = tf.clip_by_global_norm(grads, self._clip, use_norm=norm)
+    # Decoupled weight decay, before the gradient step and on every call.
+    for var, decay in zip(self.params, self._decay):
+      if decay:
+        assign(var, var * (1 - self._wd))
     tf.cond(finite, lambda: self._apply(grads), lambda: self._skip())
+    assign_add(self.updates, 1)
     if self._scaling:
       self._update_scale(finite)
     return {
@@ -86,9 +95,6 @@ class Optimizer(tf.Module):
     step = tf.cast(self.updates + 1, tf.float32)
     beta1_power = tf.pow(self._beta1, step)
     beta2_power = tf.pow(self._beta2, step)
-    for var, decay in zip(self.params, self._decay):
-      if decay:
-        assign(var, var * (1 - self._wd))
     for var, m, v, grad in zip(self.params, self.m, self.v, grads):
       tf.raw_ops.ResourceApplyAdam(
           var=var.handle, m=m.handle, v=v.handle,
@@ -97,7 +103,6 @@ class Optimizer(tf.Module):
           beta1=tf.constant(self._beta1, tf.float32),
           beta2=tf.constant(self._beta2, tf.float32),
           epsilon=tf.constant(self._eps, tf.float32), grad=grad)
-    assign_add(self.updates, 1)
     return tf.constant(True)
 
   def _skip(self):
@@ -343,6 +348,12 @@ def load_checkpoint(module, path, select=None):
     values = {n: v for n, v in values.items() if select(n)}
   missing = sorted(set(named) - set(values))
   extra = sorted(set(values) - set(named))
+  no_bias = [n for n in missing if n.endswith('cell/dense/bias')]
+  if no_bias:
+    raise CheckpointMismatch(
+        f'checkpoint {path} was saved before the GRU had its bias ({no_bias[0]} '
+        f'is not in it; docs/faithfulness.md): this version cannot load it, '
+        f'start the run afresh in a new logdir')
   shapes = [(n, values[n].shape, tuple(v.shape)) for n, v in named.items()
             if n in values and values[n].shape != tuple(v.shape)]
   differ = [(n, f'{n}: checkpoint {a} vs model {b}') for n, a, b in shapes]

@@ -94,7 +94,8 @@ class Agent(tf.Module):
   def _policy(self, obs, state, mode):
     latent, action = state
     embed = self.wm.encoder(self.wm.preprocess(obs))
-    sample = (mode != 'eval') or not self.config.eval_state_mean
+    # The posterior's mode instead of a sample in every mode but 'train'.
+    sample = (mode == 'train') or not self.config.eval_state_mean
     latent, _ = self.wm.rssm.obs_step(
         latent, action, embed, obs['is_first'], sample, with_prior=False)
     feat = self.wm.rssm.get_feat(latent)
@@ -418,7 +419,11 @@ class ActorCritic(tf.Module):
     if self.actor_grad in ('reinforce', 'both'):
       baseline = seq['value'][:-2]  # The slow critic's, from `target`.
       advantage = tf.stop_gradient(target[1:] - baseline)
-      action = tf.stop_gradient(seq['action'][1:-1])
+      action = seq['action'][1:-1]
+      if self.actor_grad == 'reinforce':
+        # Only here, as the original (its 'both' keeps the straight-through
+        # gradient of the sampled action in the log-probability).
+        action = tf.stop_gradient(action)
       reinforce = policy.log_prob(action) * advantage
       metrics['actor_advantage_mean'] = tf.reduce_mean(advantage)
       metrics['actor_advantage_std'] = tfutils.batch_std(advantage)

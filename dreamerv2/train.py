@@ -460,11 +460,15 @@ class Training:
           f'or raise --prefill')
 
   def pretrain(self):
-    """config.pretrain updates, only when no checkpoint was restored."""
+    """config.pretrain + 1 updates, only when no checkpoint was restored: as
+    the original, whose first update (it builds the variables) comes before
+    its `pretrain` loop."""
     if self.trained:
       return
-    print(f'Pretrain the agent ({self.config.pretrain} updates).')
-    for _ in range(self.config.pretrain):
+    updates = self.config.pretrain + 1
+    print(f'Pretrain the agent ({updates} updates: 1 + pretrain '
+          f'{self.config.pretrain}).')
+    for _ in range(updates):
       self.agent.train(next(self.dataset()), step=int(self.step))
     self.trained = True
 

@@ -145,6 +145,23 @@ def test_reinforce_actor_loss_reaches_only_the_actor():
   assert max(grad_norms(tape, actor_loss, others(ac, ac.actor))) == 0
 
 
+@pytest.mark.parametrize('actor_grad', ['reinforce', 'both'])
+def test_only_reinforce_stops_the_gradient_of_the_sampled_action(actor_grad):
+  # The original's 'both' takes policy.log_prob(seq['action'][1:-1]) without
+  # a stop-gradient: the straight-through gradient of the sampled action
+  # reaches the log-probability. With mix 0 and no entropy bonus the actor
+  # loss of 'both' is the reinforce term alone, so the two differ only there.
+  _, wm, ac, start, data = imagination_setup(
+      discrete=True, actor_grad=actor_grad, actor_grad_mix='0', actor_ent='0')
+  tape, seq, actor_loss, _ = imagine_losses(wm, ac, start, data)
+  grad = tape.gradient(actor_loss, seq['action'])
+  norm = 0.0 if grad is None else float(tf.norm(grad))
+  if actor_grad == 'reinforce':
+    assert norm == 0.0
+  else:
+    assert norm > 0.0
+
+
 def test_dynamics_backpropagation_reaches_the_actor_through_imagined_states():
   # No entropy bonus: the only path from the loss to the actor is
   # action -> next imagined state -> reward and value.
@@ -469,21 +486,33 @@ def test_trunc_normal_clips_inside_the_bounds_with_straight_through_gradients():
       clipped.numpy(), [1 - 1e-6, -1 + 1e-6, 0.3], atol=1e-7)
   assert float(clipped[0]) < 1.0 and float(clipped[1]) > -1.0
   np.testing.assert_allclose(tape.gradient(loss, event).numpy(), [1, 2, 3])
-  # The mode is the truncated Normal's mean (inside the bounds), clipped.
-  mean, std = tf.Variable([0.2, 0.9]), tf.constant([0.3, 0.5])
-  with tf.GradientTape(persistent=True) as tape:
-    mode = dists.TruncNormal(mean, std).mode()
-    raw = tfd.TruncatedNormal(mean, std, -1.0, 1.0).mean()
-  np.testing.assert_allclose(mode.numpy(), raw.numpy(), rtol=1e-6)
-  np.testing.assert_allclose(
-      tape.gradient(mode, mean).numpy(), tape.gradient(raw, mean).numpy(),
-      rtol=1e-5)
+  # The mode is TFP's TruncatedNormal mode, the location clipped to the
+  # bounds (the original overrides only `sample`), not the truncated mean.
+  mean, std = tf.constant([0.2, 0.9, 1.0]), tf.constant([0.3, 2.0, 0.5])
+  mode = dists.TruncNormal(mean, std).mode().numpy()
+  np.testing.assert_array_equal(mode, mean.numpy())
+  truncated_mean = tfd.TruncatedNormal(mean, std, -1.0, 1.0).mean().numpy()
+  assert truncated_mean[1] < 0.5  # A wide std pulls the mean towards 0.
   tf.random.set_seed(0)
   samples = tf.stack([
       dists.TruncNormal(tf.fill([200], 0.99), tf.fill([200], 0.5)).sample()
       for _ in range(5)])
   assert float(tf.reduce_max(samples)) <= 1 - 1e-6
   assert float(tf.reduce_min(samples)) >= -1 + 1e-6
+
+
+def test_continuous_eval_action_is_tanh_of_the_actor_heads_mean():
+  obs, act = H.obs_space(vector=5), H.act_space(False, 3)
+  tf.random.set_seed(0)
+  agent = agent_lib.Agent(H.tiny_config(eval_state_mean=True), obs, act)
+  outputs, (latent, _) = agent.policy(observation(4), None, 'eval')
+  actor = agent._task_behavior.actor
+  # The head's mean output, before tanh. Its std starts near 1.1, where the
+  # truncated Normal's mean lies well inside tanh(out).
+  head_mean = actor.head.out(actor.stack(agent.wm.rssm.get_feat(latent)))
+  np.testing.assert_allclose(
+      outputs['action'].numpy(), np.tanh(head_mean.numpy()), rtol=1e-5,
+      atol=1e-6)
 
 
 def test_tanh_normal_mode_is_the_likeliest_of_its_samples():
@@ -520,10 +549,15 @@ def test_eval_state_mean_makes_the_eval_latent_deterministic():
         for _ in range(2)]
     same = np.array_equal(*latents)
     assert same == state_mean, state_mean
-    # Training always samples its latent.
+    # Training always samples its latent; as in the original, exploring
+    # takes the posterior's mode with eval_state_mean, as evaluating does.
     train = [agent.policy(observation(64), None, 'train')[1][0]['stoch'].numpy()
              for _ in range(2)]
     assert not np.array_equal(*train)
+    explore = [
+        agent.policy(observation(64), None, 'explore')[1][0]['stoch'].numpy()
+        for _ in range(2)]
+    assert np.array_equal(*explore) == state_mean, state_mean
 
 
 def test_eval_noise_replaces_the_eval_action():

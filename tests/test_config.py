@@ -76,15 +76,18 @@ def test_atari_block_is_the_published_scores_release():
   assert config.encoder.cnn_keys == 'image' and config.encoder.mlp_keys == '$^'
 
 
-def test_dmc_is_the_same_block_as_dmc_vision():
-  blocks = configlib.load_configs()
-  assert blocks['dmc'] == blocks['dmc_vision']
-  assert blocks['dmc'] is not blocks['dmc_vision']  # alias copied, not shared
-  assert parse(['--configs', 'dmc']) == parse(['--configs', 'dmc_vision'])
-  config = parse(['--configs', 'dmc'])
-  assert config.rssm.deter == 200 and config.kl.free == 1.0
-  assert config.grad_heads == ('decoder', 'reward')
-  assert config.replay.prioritize_ends is False
+def test_dmc_is_the_mid_2021_block_in_agent_steps():
+  # 0216d33 wrote time_limit 1000, prefill 5000, log_every and eval_every 1e4
+  # in frames and divided them by its action repeat 2; its batch was 50.
+  dmc = parse(['--configs', 'dmc'])
+  vision = parse(['--configs', 'dmc_vision'])
+  assert (dmc.time_limit, dmc.prefill, dmc.log_every, dmc.eval_every) == (
+      500, 2500, 5000, 5000)
+  assert dmc.dataset.batch == 50 and dmc.dataset.length == 50
+  assert dmc.action_repeat == 2
+  changed = {key for key in dmc.flat if dmc.flat[key] != vision.flat[key]}
+  assert changed == {
+      'time_limit', 'prefill', 'log_every', 'eval_every', 'dataset.batch'}
 
 
 def test_nested_update_only_touches_given_subkeys():

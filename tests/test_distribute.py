@@ -184,11 +184,11 @@ def test_train_py_with_a_chief_and_a_worker(tmp_path):
       chief[-2000:] + worker[-2000:])
   assert 'Finished 300 steps' in chief
   updates = int(worker.split('the chief made its last update; ')[1].split()[0])
-  # Each of the chief's updates was one of the worker's: pretrain, one per 16
-  # steps after the prefill, and the last one that released the worker.
+  # Each of the chief's updates was one of the worker's: pretrain + 1, one
+  # per 16 steps after the prefill, and the last one that released the worker.
   from common import utils
   saved = utils.read_checkpoint(logdir / 'variables.pkl')
-  assert updates == int(saved['wm/model_opt/updates']) == 15
+  assert updates == int(saved['wm/model_opt/updates']) == 16
   assert 'Prefill' not in worker and 'Finished' not in worker
 
 

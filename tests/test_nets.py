@@ -125,6 +125,50 @@ def test_gru_update_gate_starts_biased_towards_keeping_the_state():
   np.testing.assert_allclose(new, (1 - update) * state.numpy(), rtol=1e-6)
 
 
+def test_gru_has_a_trainable_bias_of_three_deter_before_the_layer_norm():
+  # The original's GRUCell: tfkl.Dense(3 * size, use_bias=norm is not None),
+  # True for norm=True, so its Dense has a bias (zeros at first).
+  cell = nets.GRUCell(6, 8)
+  bias = cell.dense.bias
+  assert bias is not None and bias.trainable and tuple(bias.shape) == (24,)
+  np.testing.assert_array_equal(bias.numpy(), np.zeros(24))
+  bias.assign(tf.random.stateless_normal([24], [0, 3]))
+  x = tf.random.stateless_normal([3, 6], [0, 1])
+  state = tf.random.stateless_normal([3, 8], [0, 2])
+  # By hand: parts = [x, h] W + b, layer norm (eps 1e-3), then the gates.
+  parts = np.concatenate([x, state], -1) @ cell.dense.kernel.numpy() + bias.numpy()
+  mean, var = parts.mean(-1, keepdims=True), parts.var(-1, keepdims=True)
+  parts = (parts - mean) / np.sqrt(var + 1e-3) * cell.norm.scale.numpy() \
+      + cell.norm.offset.numpy()
+  reset, cand, update = np.split(parts, 3, -1)
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+  cand = np.tanh(sigmoid(reset) * cand)
+  update = sigmoid(update - 1.0)
+  expected = update * cand + (1 - update) * state.numpy()
+  with tf.GradientTape() as tape:
+    new = cell(x, state)
+    loss = tf.reduce_sum(new * tf.range(8, dtype=tf.float32))
+  np.testing.assert_allclose(new.numpy(), expected, rtol=1e-5, atol=1e-6)
+  grad = tape.gradient(loss, bias)
+  assert grad.dtype == tf.float32 and float(tf.norm(grad)) > 0
+
+
+def test_a_checkpoint_from_before_the_gru_bias_stops_with_one_line(tmp_path):
+  make = lambda: nets.RSSM(3, 10, hidden=8, deter=8, stoch=2, discrete=2)
+  path = tmp_path / 'variables.pkl'
+  tfutils.save_checkpoint(make(), path)
+  import pickle
+  values = pickle.loads(path.read_bytes())
+  del values['cell/dense/bias']  # As a checkpoint of the GRU without a bias.
+  path.write_bytes(pickle.dumps(values))
+  with pytest.raises(tfutils.CheckpointMismatch) as error:
+    tfutils.load_checkpoint(make(), path)
+  message = str(error.value)
+  assert '\n' not in message
+  assert str(path) in message and 'cell/dense/bias' in message
+  assert 'before the GRU had its bias' in message
+
+
 # Filtering -------------------------------------------------------------------
 
 

@@ -160,10 +160,41 @@ def test_float16_overflowing_step_is_skipped_and_halves_the_loss_scale():
     # 1e30 times the loss: its float16 gradients are inf.
     metrics = step(mlp, opt, x, y, multiplier=1e30)
     assert H.unchanged(before, mlp) == sorted(before)        # weights untouched
-    assert int(opt.skipped) == 1 and int(opt.updates) == 0
+    assert int(opt.skipped) == 1
     assert metrics['model_skipped_steps'] == 1.0
     assert metrics['model_loss_scale'] == 2.0 ** 14              # 2^15 halved
     assert not np.isfinite(metrics['model_grad_norm'])
+
+
+def test_a_skipped_float16_step_decays_and_advances_adams_step_as_keras():
+  # Keras 2's LossScaleOptimizer: a skipped step still increments
+  # `iterations` (do_not_apply_fn), so the next applied step's bias
+  # correction is that of step 2; the original's weight decay runs on every
+  # call, before apply_gradients.
+  from test_behavior import numpy_adam
+  wd, lr, eps = 1e-2, 1e-3, 1e-5
+  with H.precision(16, device='gpu'):
+    mlp, x, y = regression()
+    params = mlp.trainable_variables
+    opt = tfutils.Optimizer('model', params, lr=lr, eps=eps, clip=None, wd=wd)
+    before = [v.numpy().astype(np.float64) for v in params]
+    step(mlp, opt, x, y, multiplier=1e30)  # Overflows: skipped.
+    assert int(opt.skipped) == 1 and int(opt.updates) == 1
+    for var, value in zip(params, before):  # Decay alone.
+      np.testing.assert_allclose(var.numpy(), value * (1 - wd), rtol=1e-6)
+    decayed = [v.numpy().astype(np.float64) for v in params]
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(mlp(x).log_prob(y))
+    grads = [g.numpy().astype(np.float64)
+             for g in tape.gradient(loss, params)]
+    step(mlp, opt, x, y)  # Finite: applied as Adam's second step.
+  assert int(opt.skipped) == 1 and int(opt.updates) == 2
+  state = {'t': 1, 'm': [np.zeros_like(v) for v in decayed],
+           'v': [np.zeros_like(v) for v in decayed]}
+  expected, _ = numpy_adam(decayed, grads, state, lr, eps, None, wd)
+  for var, want in zip(params, expected):
+    # float16 gradients: agreement to a few parts in a thousand of a step.
+    np.testing.assert_allclose(var.numpy(), want, rtol=0, atol=2e-5)
 
 
 def test_float16_finite_step_applies_the_unscaled_gradient():
@@ -202,9 +233,10 @@ def test_float16_loss_scale_halves_on_overflow_then_doubles_after_2000_steps():
     for _ in range(12):
       metrics = step(mlp, opt, x, y, multiplier=1e3)
       scales.append(metrics['model_loss_scale'])
-      if int(opt.updates):
+      if int(opt.updates) > int(opt.skipped):  # A step was applied.
         break
-    assert int(opt.skipped) >= 1 and int(opt.updates) == 1
+    assert int(opt.skipped) >= 1
+    assert int(opt.updates) == int(opt.skipped) + 1
     assert scales[:int(opt.skipped)] == [
         2.0 ** (15 - k) for k in range(1, int(opt.skipped) + 1)]
     scale = float(opt.loss_scale)

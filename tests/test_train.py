@@ -125,6 +125,11 @@ def test_a_debug_run_writes_config_metrics_episodes_and_checkpoint(
   with open(logdir / 'variables.pkl', 'rb') as f:
     variables = pickle.load(f)
   assert any('model_opt' in name for name in variables)
+  # As the original, a fresh run makes pretrain + 1 updates before it acts
+  # (its first update built the variables); then one every train_every 16
+  # agent steps (atari), from the first step after the prefill (101) to 400.
+  assert 'Pretrain the agent (2 updates: 1 + pretrain 1)' in out
+  assert int(variables['wm/model_opt/updates']) == 2 + len(range(101, 401, 16))
   assert 'Precision 32: float32 on CPU' in result.stdout
   assert 'Finished 400 steps' in result.stdout
 
