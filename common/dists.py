@@ -222,12 +222,29 @@ def _gather_best(sample, logprob):
   return tf.gather(sample, best, batch_dims=1)
 
 
-def tanh_normal(mean, std, min_std, init_std=0.0):
+def _clipped_tanh():
+  """TFP's Tanh bijector with the original's TanhBijector inverse: y inside
+  [-1, 1] is clipped to +-0.99999997 before atanh, so an action on the bound
+  has a finite log-probability."""
   from tensorflow_probability import bijectors as tfb
+
+  class ClippedTanh(tfb.Tanh):
+
+    def _inverse(self, y):
+      dtype = y.dtype
+      y = tf.cast(y, tf.float32)
+      y = tf.where(tf.abs(y) <= 1.0,
+                   tf.clip_by_value(y, -0.99999997, 0.99999997), y)
+      return tf.cast(tf.atanh(y), dtype)
+
+  return ClippedTanh()
+
+
+def tanh_normal(mean, std, min_std, init_std=0.0):
   from tensorflow_probability import distributions as tfd
   mean = 5 * tf.tanh(tf.cast(mean, tf.float32) / 5)
   std = tf.nn.softplus(tf.cast(std, tf.float32) + init_std) + min_std
-  dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tfb.Tanh())
+  dist = tfd.TransformedDistribution(tfd.Normal(mean, std), _clipped_tanh())
   return SampleDist(tfd.Independent(dist, 1))
 
 

@@ -52,10 +52,12 @@ class Plan2Explore(tf.Module):
           f'disag_target must be embed, stoch, deter or feat, got '
           f'{config.disag_target!r}')
     inp = wm.feat_size + (action_size if config.disag_action_cond else 0)
-    head = config.expl_head
-    self.ensemble = Ensemble(
-        config.disag_models, inp, size, head['layers'], head['units'],
-        head['act'])
+    head = dict(config.expl_head)
+    if head.pop('dist', 'mse') != 'mse':
+      raise ValueError(
+          f'expl_head.dist must be mse for plan2explore (its members predict '
+          f'the mean of a unit Normal), got {config.expl_head.dist!r}')
+    self.ensemble = Ensemble(config.disag_models, inp, size, **head)
     self.opt = tfutils.Optimizer(
         'ensemble', self.ensemble.trainable_variables, **config.expl_opt)
     self.extr_rewnorm = tfutils.StreamNorm(**config.expl_reward_norm)
@@ -143,12 +145,16 @@ class ModelLoss(tf.Module):
 
 
 class Ensemble(tf.Module):
-  """K MLPs with stacked weights, evaluated in one batched matmul per layer:
-  x [..., inp] -> mean predictions [K, ..., out]."""
+  """K MLPs (the original's `expl_head` MLPs: Dense -> norm -> act per hidden
+  layer, then a Dense mean) with stacked weights, evaluated in one batched
+  matmul per layer: x [..., inp] -> mean predictions [K, ..., out]."""
 
-  def __init__(self, members, inp, out, layers, units, act='elu'):
+  def __init__(self, members, inp, out, layers, units, act='elu',
+               norm='none'):
     super().__init__(name='ensemble')
-    self.kernels, self.biases = [], []
+    if norm not in ('none', 'layer'):
+      raise ValueError(f'expl_head.norm must be none or layer, got {norm!r}')
+    self.kernels, self.biases, self.scales, self.offsets = [], [], [], []
     sizes = [inp] + [units] * layers + [out]
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
       limit = math.sqrt(6.0 / (a + b))
@@ -156,6 +162,11 @@ class Ensemble(tf.Module):
           tf.random.uniform([members, a, b], -limit, limit), name=f'kernel{i}'))
       self.biases.append(
           tf.Variable(tf.zeros([members, 1, b]), name=f'bias{i}'))
+      if norm == 'layer' and i < layers:  # Layer norm per member, as LayerNorm.
+        self.scales.append(
+            tf.Variable(tf.ones([members, 1, b]), name=f'scale{i}'))
+        self.offsets.append(
+            tf.Variable(tf.zeros([members, 1, b]), name=f'offset{i}'))
     self._members = members
     self._act = nets.get_act(act)
 
@@ -166,6 +177,12 @@ class Ensemble(tf.Module):
     for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
       x = tf.matmul(x, nets.cast(kernel)) + nets.cast(bias)
       if i < len(self.kernels) - 1:
+        if self.scales:
+          dtype = x.dtype
+          x = tf.cast(x, tf.float32)
+          mean, var = tf.nn.moments(x, [-1], keepdims=True)
+          x = tf.cast((x - mean) * tf.math.rsqrt(var + 1e-3) * self.scales[i]
+                      + self.offsets[i], dtype)
         x = self._act(x)
     x = tf.cast(x, tf.float32)
     return tf.reshape(x, tf.concat([[self._members], shape, [x.shape[-1]]], 0))

@@ -259,6 +259,42 @@ def test_slow_critic_is_copied_every_slow_target_update_updates():
 # Exploration -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize('norm', ['none', 'layer'])
+def test_stacked_ensemble_equals_its_members_as_separate_mlps(norm):
+  # The ensemble's batched matmuls compute what the original's K separate
+  # expl_head MLPs (Dense -> norm -> elu, then a Dense mean) compute.
+  from common import nets
+  from dreamerv2 import expl
+  tf.random.set_seed(0)
+  ensemble = expl.Ensemble(3, 5, 4, layers=2, units=8, norm=norm)
+  for var in ensemble.scales + ensemble.offsets + ensemble.biases:
+    var.assign(tf.random.normal(var.shape))
+  x = tf.random.stateless_normal([2, 6, 5], [0, 1])
+  preds = ensemble(x).numpy()                                # [K, 2, 6, 4]
+  assert preds.shape == (3, 2, 6, 4)
+  for k in range(3):
+    mlp = nets.MLP(5, 4, layers=2, units=8, norm=norm)
+    for i, (layer, layer_norm) in enumerate(
+        zip(mlp.stack.layers, mlp.stack.norms)):
+      layer.kernel.assign(ensemble.kernels[i][k])
+      layer.bias.assign(ensemble.biases[i][k, 0])
+      if norm == 'layer':
+        layer_norm.scale.assign(ensemble.scales[i][k, 0])
+        layer_norm.offset.assign(ensemble.offsets[i][k, 0])
+    mlp.head.out.kernel.assign(ensemble.kernels[2][k])
+    mlp.head.out.bias.assign(ensemble.biases[2][k, 0])
+    np.testing.assert_allclose(
+        preds[k], mlp(x).mode().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_plan2explore_takes_the_expl_heads_norm():
+  config = H.tiny_config(
+      expl_behavior='plan2explore', **{'expl_head.norm': 'layer'})
+  agent = agent_lib.Agent(config, H.obs_space(vector=5), H.act_space(True, 3))
+  names = [n for n in tfutils.named_variables(agent) if '/ensemble/' in n]
+  assert any('scale' in n for n in names) and any('offset' in n for n in names)
+
+
 def test_plan2explore_reward_is_zero_when_members_agree_grows_with_spread():
   # A frozen ensemble (learning rate 0) so the reward is that of the set
   # weights.
@@ -528,6 +564,23 @@ def test_tanh_normal_mode_is_the_likeliest_of_its_samples():
   # No other sample is more likely than the chosen one, by construction.
   samples = dist.sample()
   assert float(dist.log_prob(mode)[0]) >= float(dist.log_prob(samples)[0]) - 1.0
+
+
+def test_tanh_normal_gives_an_action_on_the_bound_a_finite_log_prob():
+  # The original's TanhBijector clips y to +-0.99999997 before atanh; TFP's
+  # Tanh would give atanh(1) = inf.
+  from common import dists
+  dist = dists.tanh_normal(
+      tf.zeros([1, 2]), tf.zeros([1, 2]), min_std=0.1)
+  assert np.isfinite(float(dist.log_prob(tf.constant([[1.0, -1.0]]))[0]))
+  inside = tf.constant([[0.3, -0.5]])
+  from tensorflow_probability import bijectors as tfb
+  from tensorflow_probability import distributions as tfd
+  plain = tfd.Independent(tfd.TransformedDistribution(
+      tfd.Normal(tf.zeros([1, 2]), tf.nn.softplus(tf.zeros([1, 2])) + 0.1),
+      tfb.Tanh()), 1)
+  np.testing.assert_allclose(
+      dist.log_prob(inside).numpy(), plain.log_prob(inside).numpy(), rtol=1e-6)
 
 
 # Policy options --------------------------------------------------------------

@@ -77,17 +77,18 @@ def test_atari_block_is_the_published_scores_release():
 
 
 def test_dmc_is_the_mid_2021_block_in_agent_steps():
-  # 0216d33 wrote time_limit 1000, prefill 5000, log_every and eval_every 1e4
-  # in frames and divided them by its action repeat 2; its batch was 50.
+  # 0216d33 wrote steps 1e8, time_limit 1000, prefill 5000, log_every and
+  # eval_every 1e4 in frames and divided them by its action repeat 2; its
+  # batch was 50.
   dmc = parse(['--configs', 'dmc'])
   vision = parse(['--configs', 'dmc_vision'])
-  assert (dmc.time_limit, dmc.prefill, dmc.log_every, dmc.eval_every) == (
-      500, 2500, 5000, 5000)
+  assert (dmc.steps, dmc.time_limit, dmc.prefill, dmc.log_every,
+          dmc.eval_every) == (50_000_000, 500, 2500, 5000, 5000)
   assert dmc.dataset.batch == 50 and dmc.dataset.length == 50
   assert dmc.action_repeat == 2
   changed = {key for key in dmc.flat if dmc.flat[key] != vision.flat[key]}
-  assert changed == {
-      'time_limit', 'prefill', 'log_every', 'eval_every', 'dataset.batch'}
+  assert changed == {'steps', 'time_limit', 'prefill', 'log_every',
+                     'eval_every', 'dataset.batch'}
 
 
 def test_nested_update_only_touches_given_subkeys():
