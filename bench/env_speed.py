@@ -175,7 +175,8 @@ def main():
                   f'{getattr(args, flag)}.\n')
   try:
     envs.check_task(args.task)
-  except (envs.UnknownTask, envs.MissingPackage) as error:
+  except (envs.UnknownTask, envs.MissingPackage,
+          envs.UnsupportedSpace) as error:
     parser.exit(2, f'error: {error}\n')
   repeat = args.action_repeat or {'atari': 4, 'dmc': 2}.get(
       args.task.split('_')[0], 1)

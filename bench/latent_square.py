@@ -24,7 +24,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamerv2 import probes  # noqa: E402
+from bench import probes  # noqa: E402
 
 
 def main():

@@ -36,8 +36,9 @@ QUICK = ['--rssm.deter', '32', '--rssm.hidden', '32', '--rssm.stoch', '4',
          '--critic.units', '16', '--dataset.length', '10']
 
 
-def build_agent(argv, seed=0):
-  """An Agent for the config given by `argv` and one synthetic batch of
+def build_agent(argv, seed=0, learner=False):
+  """An Agent for the config given by `argv` (with `learner`, in the
+  distribute.Learner of its config.distribute) and one synthetic batch of
   Atari-shaped data [B, T, 64, 64, 1] with 18 one-hot actions."""
   from common import config as configlib
   config = configlib.parse(argv)
@@ -54,7 +55,13 @@ def build_agent(argv, seed=0):
       'is_first': gym.spaces.Box(0, 1, (), bool),
       'is_last': gym.spaces.Box(0, 1, (), bool),
       'is_terminal': gym.spaces.Box(0, 1, (), bool)}
-  agent = agentlib.Agent(config, obs_space, {'action': envs.OneHotBox(18)})
+  from dreamerv2 import distribute
+  make = lambda: agentlib.Agent(
+      config, obs_space, {'action': envs.OneHotBox(18)})
+  if learner:
+    agent = distribute.Learner(make, distribute.make_strategy(config))
+  else:
+    agent = make()
   B, T = config.dataset.batch, config.dataset.length
   rng = np.random.default_rng(seed)
   data = {
@@ -75,20 +82,21 @@ def sync(metrics):
 def measure_agent(argv, calls):
   """update_s, compile_s, policy_ms and peak RSS for one precision."""
   import numpy as np
-  agent, data = build_agent(argv)
+  learner, data = build_agent(argv, learner=True)
+  agent = learner.agent
   from common import nets
-  if agent.strategy:  # Each replica gets its part of the same global batch.
+  if learner.strategy:  # Each replica gets its part of the same global batch.
     import tensorflow as tf
-    data = next(agent.dataset(lambda batch: tf.data.Dataset.from_tensors(
-        {k: v[:batch] for k, v in data.items()}).repeat()))
+    data = next(learner.dataset(lambda size: tf.data.Dataset.from_tensors(
+        {k: v[:size] for k, v in data.items()}).repeat(), len(data['image'])))
   start = time.time()
-  sync(agent.train(data))
+  sync(learner.train(data))
   compile_s = time.time() - start
-  sync(agent.train(data))
+  sync(learner.train(data))
   times = []
   for _ in range(calls):
     start = time.time()
-    sync(agent.train(data))
+    sync(learner.train(data))
     times.append(time.time() - start)
   obs = {'image': np.zeros((1, 64, 64, 1), np.uint8),
          'is_first': np.array([True])}

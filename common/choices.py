@@ -1,7 +1,20 @@
-"""The values of the choice keys whose code needs TensorFlow, kept here once
-(this module imports nothing): the agent reads them, and train.py checks a
-config against them before TensorFlow loads. Env choices live in envs.py,
-which loads no TensorFlow either."""
+"""The values of the choice keys, kept here once (this module imports
+nothing): the code that uses a key reads them, and a run checks its config
+against them before TensorFlow loads. `check` is the one check and the one
+wording of "not one of" for every choice."""
+
+
+class BadChoice(ValueError):
+  """A value that is not one of a key's choices."""
+
+
+def check(key, value, accepted):
+  """Raises BadChoice naming the key, the value and what is accepted."""
+  if value not in accepted:
+    names = ', '.join(str(choice) for choice in accepted)
+    raise BadChoice(f'{key} {value!r} is not one of: {names}')
+  return value
+
 
 # expl_behavior -> the behaviour in dreamerv2/expl.py (None: the task actor).
 EXPL_BEHAVIORS = {
@@ -18,3 +31,15 @@ ACTOR_GRADS = ('auto', 'reinforce', 'dynamics', 'both')
 PRECISIONS = (16, 32)
 # distribute.strategy: where the update runs (common/tfutils.py, `strategy`).
 DISTRIBUTE = ('none', 'mirrored', 'multi_worker')
+# envs_parallel: where an env runs (common/envs.py).
+PARALLEL = ('none', 'thread', 'process')
+# warm_start.only: which weights of warm_start.checkpoint a new run loads.
+WARM_START = ('all', 'world_model')
+# The norm of a layer stack (`.*\.norm`).
+NORMS = ('none', 'layer')
+# The output distribution of a head (`*_head.dist`, `actor.dist`, ...).
+DISTS = ('mse', 'binary', 'onehot', 'normal', 'tanh_normal', 'trunc_normal')
+# Agent.policy's mode: sample, the actor's mode, or the exploration actor.
+POLICY_MODES = ('train', 'eval', 'explore')
+# disag_target: what Plan2Explore's ensemble predicts.
+DISAG_TARGETS = ('embed', 'stoch', 'deter', 'feat')

@@ -50,6 +50,11 @@ _BOOLS = {'true': True, 'false': False, '1': True, '0': False}
 _SCI_INT = re.compile(r'[-+]?[0-9]+[eE]\+?[0-9]+')  # 1e8, 2E+6: no point
 
 
+class ConfigError(ValueError):
+  """A run that cannot start as configured: the message says what to change.
+  Every entry point exits 2 with it (dreamerv2/build.py, `exit_on_errors`)."""
+
+
 class Config(collections.abc.Mapping):
   """An immutable nested mapping of hyperparameters with attribute access.
 

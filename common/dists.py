@@ -3,6 +3,7 @@
 The hot ones (categorical latents, one-hot actions, unit-variance Normal,
 Bernoulli) are written out here: each is a few lines of float32 math, with no
 TFP dispatch in the update. Continuous action distributions come from TFP.
+Parts joins the distributions of an action of several parts.
 All statistics are computed in float32 whatever the compute dtype.
 """
 
@@ -157,6 +158,45 @@ class Uniform:
 
   def entropy(self):
     return -self.log_prob(None)
+
+
+class Parts:
+  """Independent distributions over consecutive blocks of the last axis, as
+  one: the actions of a space of several parts (envs.ActionParts), one
+  distribution per part of `sizes[i]` values. Samples and modes are the
+  parts' concatenated (float32, gradients kept); log-probabilities and
+  entropies their sums, those of the joint action."""
+
+  def __init__(self, parts, sizes):
+    self.parts = list(parts)
+    self.sizes = [int(size) for size in sizes]
+    if len(self.parts) != len(self.sizes):
+      raise ValueError(
+          f'Parts takes one size per part, got {len(self.sizes)} sizes for '
+          f'{len(self.parts)} parts.')
+
+  def _join(self, values):
+    return tf.concat([tf.cast(v, tf.float32) for v in values], -1)
+
+  def sample(self):
+    return self._join([part.sample() for part in self.parts])
+
+  def mode(self):
+    return self._join([part.mode() for part in self.parts])
+
+  def split(self, value):
+    """A [..., sum(sizes)] value as the parts' blocks."""
+    return tf.split(value, self.sizes, -1)
+
+  def log_prob(self, value):
+    blocks = self.split(tf.cast(value, tf.float32))
+    return tf.add_n([
+        tf.cast(part.log_prob(block), tf.float32)
+        for part, block in zip(self.parts, blocks)])
+
+  def entropy(self):
+    return tf.add_n(
+        [tf.cast(part.entropy(), tf.float32) for part in self.parts])
 
 
 class TruncNormal:

@@ -7,21 +7,30 @@ Every env that `make` returns looks the same to the driver and the agent:
                  'is_first', 'is_last', 'is_terminal' (bool ()); keys starting
                  with 'log_' are for logging only.
   env.act_space  {'action': Box}: discrete actions one-hot (the Box has
-                 `discrete = True`), continuous actions in [-1, 1].
+                 `discrete = True`), continuous actions in [-1, 1]. An action
+                 of several parts (a gym MultiDiscrete or Dict) is one flat
+                 vector of one-hot and [-1, 1] blocks, and its Box, an
+                 ActionParts, lists them in `parts`.
   env.reset() -> obs, env.step({'action': array}) -> obs, env.close().
 
 is_last marks the end of an episode (game over or time limit); is_terminal
 only a true end of the game, so that the world model learns no discount of
 zero at a time limit. The suite classes (Atari, DMC, Crafter, GymWrapper) take
-their native actions (an index or a raw Box vector); OneHotAction and
-NormalizeAction turn them into the interface above. MiniGrid tasks are
-gymnasium envs seen from pixels (make_minigrid).
+their native actions (an index or a raw Box vector); OneHotAction,
+NormalizeAction and PartsAction turn them into the interface above. MiniGrid
+tasks are gymnasium envs seen from pixels (make_minigrid). gym_<id> tasks are
+any id registered with gymnasium (gymnasium.make(id, **gym_kwargs) through
+from_gym); ids of packages in GYM_PACKAGES import their package, 'module:Id'
+imports module, as gymnasium.make does.
 
 Optional packages (dm_control, crafter, minigrid) are imported only when used.
+`where_to_run` says which tasks' envs must run in a child process.
 """
 
 import difflib
+import importlib
 import importlib.util
+import json
 import multiprocessing
 import os
 import pickle
@@ -29,18 +38,34 @@ import re
 import threading
 import time
 import traceback
+import typing
 from concurrent import futures
 
 import gymnasium
 import numpy as np
 
-SUITES = ('atari', 'dmc', 'crafter', 'minigrid')
-PARALLEL = ('none', 'thread', 'process')  # envs_parallel: where an env runs.
+from common import choices
+
+SUITES = ('atari', 'dmc', 'crafter', 'minigrid', 'gym')
 EXTRAS = 'pip install -r requirements-extras.txt'
+# gym_<id> tasks: the package that registers the ids starting so, as
+# (module to import, pip name, what to use when the raw spaces do not fit).
+GYM_PACKAGES = {
+    'ALE/': ('ale_py', 'ale-py', 'the atari_<game> tasks'),
+    'MiniGrid-': ('minigrid', 'minigrid', 'the minigrid_<name> tasks (pixels)'),
+    'BabyAI-': ('minigrid', 'minigrid', 'the minigrid_<name> tasks (pixels)'),
+}
+# Tasks whose envs run in a child process whatever envs_parallel says, and
+# the line printed when that overrides the config (where_to_run).
+OWN_PROCESS = {
+    'dmc_': ("DMC envs run in processes (envs_parallel process): MuJoCo's EGL "
+             'renderer and TensorFlow crash when loaded into one process.'),
+}
 
 
 class UnknownTask(ValueError):
-  """A task name whose suite or game does not exist."""
+  """A task that cannot be built as named: its suite, game or gym id does not
+  exist, or its gym_kwargs are bad (so that callers report all as one)."""
 
 
 class MissingPackage(ImportError):
@@ -70,6 +95,70 @@ class OneHotBox(gymnasium.spaces.Box):
     action = np.zeros(self.n, np.float32)
     action[self.np_random.integers(self.n)] = 1
     return action
+
+
+class ActionPart(typing.NamedTuple):
+  """One block of an ActionParts vector: `size` one-hot classes (kind
+  'discrete') or `size` values in [-1, 1] (kind 'continuous')."""
+  name: str
+  kind: str
+  size: int
+
+
+PART_KINDS = ('discrete', 'continuous')
+
+
+class ActionParts(gymnasium.spaces.Box):
+  """The flat action of an action space of several parts (a gym
+  MultiDiscrete or Dict, through PartsAction): the blocks of `parts`
+  concatenated in order, one-hot for a discrete part, in [-1, 1] for a
+  continuous one (dimensions without finite bounds keep theirs, as in
+  NormalizeAction).
+
+  `discrete` is True when every part is discrete: the vector is then all
+  one-hot blocks, but not one one-hot, so code that acts on the vector reads
+  `parts` first. Samples are valid per part.
+  """
+
+  def __init__(self, parts, low=None, high=None, seed=None):
+    parts = tuple(ActionPart(str(n), k, int(s)) for n, k, s in parts)
+    for part in parts:
+      if part.kind not in PART_KINDS or part.size < 1:
+        raise ValueError(
+            f'Action part {part} must have kind {" or ".join(PART_KINDS)} '
+            f'and a size of at least 1.')
+    if not parts:
+      raise ValueError('ActionParts needs at least one part.')
+    if low is None:
+      low = np.concatenate([
+          np.full(p.size, 0 if p.kind == 'discrete' else -1) for p in parts])
+    if high is None:
+      high = np.ones(sum(p.size for p in parts))
+    size = sum(p.size for p in parts)
+    super().__init__(
+        np.asarray(low, np.float32), np.asarray(high, np.float32), (size,),
+        np.float32, seed=seed)
+    self.parts = parts
+    self.discrete = all(p.kind == 'discrete' for p in parts)
+
+  def sample(self, mask=None, probability=None):
+    blocks = []
+    for part in self.parts:
+      if part.kind == 'discrete':
+        block = np.zeros(part.size, np.float32)
+        block[self.np_random.integers(part.size)] = 1
+      else:
+        block = self.np_random.uniform(-1, 1, part.size).astype(np.float32)
+      blocks.append(block)
+    return np.concatenate(blocks)
+
+  def __eq__(self, other):
+    return (isinstance(other, ActionParts) and self.parts == other.parts
+            and super().__eq__(other))
+
+  def __repr__(self):
+    parts = ', '.join(f'{p.name}: {p.kind} {p.size}' for p in self.parts)
+    return f'ActionParts({parts})'
 
 
 def _flag_space():
@@ -121,13 +210,15 @@ def _resize(image, size, nearest=False):
 
 
 def _split_task(task):
-  """'atari_pong' -> ('atari', 'pong'); an unknown suite is a user error."""
+  """'atari_pong' -> ('atari', 'pong'), 'gym_ALE/Pong-v5' -> ('gym',
+  'ALE/Pong-v5'): the name after the first '_' is kept as written (gym ids
+  hold '-', '/', ':' and capitals). An unknown suite is a user error."""
   suite, _, name = str(task).partition('_')
   if suite not in SUITES or not name:
     raise UnknownTask(
         f"Unknown task '{task}': a task is SUITE_NAME with SUITE one of "
         f"{', '.join(SUITES)} (e.g. atari_pong, dmc_walker_walk, "
-        f"crafter_reward, minigrid_empty_5x5).")
+        f"crafter_reward, minigrid_empty_5x5, gym_CartPole-v1).")
   return suite, name
 
 
@@ -198,10 +289,133 @@ def minigrid_env_id(name):
   raise _unknown('MiniGrid env', name, f'minigrid_{name}', known)
 
 
-def check_task(task):
-  """Validate a task name without building the env (and without TF)."""
+def _importable(module):
+  """Whether `module` can be imported (a missing parent package counts)."""
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def _one_line(error):
+  return ' '.join(str(error).split())
+
+
+def gym_id(name):
+  """The id to give gymnasium.make for 'CartPole-v1', 'ALE/Pong-v5' or
+  'module:Id', after importing what registers it.
+
+  'module:Id' imports module (gymnasium's own syntax); an id starting as a
+  key of GYM_PACKAGES imports that package. Raises MissingPackage for a
+  package that is not installed, UnknownTask (with close registered ids) for
+  an id that is not registered then.
+  """
+  task = f'gym_{name}'
+  module, _, env_id = name.partition(':') if ':' in name else ('', '', name)
+  modules = [module] if module else []
+  for prefix, (package, pip, _) in GYM_PACKAGES.items():
+    if env_id.startswith(prefix):
+      if not _importable(package):
+        raise MissingPackage(
+            f"Task '{task}' needs the Python package '{pip}', which is not "
+            f"installed: `pip install {pip}`.")
+      modules.append(package)
+  if module and not _importable(module):
+    raise MissingPackage(
+        f"Task '{task}' imports the module '{module}', which cannot be "
+        f"imported: install the package that provides it (e.g. `pip install "
+        f"{module}`).")
+  for imported in modules:
+    gymnasium.register_envs(importlib.import_module(imported))
+  registry = gymnasium.envs.registry
+  if env_id not in registry:
+    # Suggest also the ids of the installed packages (ALE/..., MiniGrid-...).
+    for package, _, _ in GYM_PACKAGES.values():
+      if _importable(package):
+        importlib.import_module(package)
+    close = difflib.get_close_matches(env_id, list(registry), n=5, cutoff=0.6)
+    hint = (f" Close matches: {', '.join(f'gym_{c}' for c in close)}."
+            if close else '')
+    raise UnknownTask(
+        f"Unknown gym id '{env_id}' in task '{task}'.{hint} A gym task is "
+        f"gym_<id> with an id registered with gymnasium (e.g. "
+        f"gym_CartPole-v1, gym_ALE/Pong-v5, gym_MiniGrid-Empty-5x5-v0), or "
+        f"gym_<module>:<id> to import the module that registers it first.")
+  return env_id
+
+
+def parse_gym_kwargs(text):
+  """The gym_kwargs config value, a JSON object as text ('' or '{}': none),
+  as a dict; UnknownTask (a ValueError) for other text."""
+  if isinstance(text, dict):
+    return dict(text)
+  example = 'e.g. \'{"max_episode_steps": 500}\''
+  try:
+    value = json.loads(text) if str(text).strip() else {}
+  except json.JSONDecodeError as error:
+    raise UnknownTask(
+        f'gym_kwargs {text!r} is not JSON ({error.msg} at character '
+        f'{error.pos}): write a JSON object, {example}.') from None
+  if not isinstance(value, dict):
+    raise UnknownTask(
+        f'gym_kwargs {text!r} is a JSON {type(value).__name__}, not an '
+        f'object of keyword arguments: write a JSON object, {example}.')
+  return value
+
+
+def _gym_kwargs(task, suite, gym_kwargs):
+  """gym_kwargs (None, a dict or JSON text) as a dict; only gym tasks take
+  any, so that a config's gym_kwargs are not ignored silently."""
+  gym_kwargs = parse_gym_kwargs(gym_kwargs if gym_kwargs is not None else {})
+  if gym_kwargs and suite != 'gym':
+    raise UnknownTask(
+        f'gym_kwargs {json.dumps(gym_kwargs, default=repr)} are for '
+        f"gym_<id> tasks only, not '{task}': leave gym_kwargs '{{}}'.")
+  return gym_kwargs
+
+
+def _make_gym(name, gym_kwargs):
+  """gymnasium.make of a gym task's id, with its errors as ours."""
+  env_id = gym_id(name)
+  try:
+    return gymnasium.make(env_id, **gym_kwargs)
+  except gymnasium.error.DependencyNotInstalled as error:
+    raise MissingPackage(f"Task 'gym_{name}': {_one_line(error)}") from None
+  except TypeError as error:  # A keyword argument the env does not take.
+    raise UnknownTask(
+        f'gym_kwargs {json.dumps(gym_kwargs, default=repr)} do not fit '
+        f"'{env_id}': {_one_line(error)}") from None
+
+
+def _hint(env_id):
+  """What else to try when a gym id's spaces do not fit ('' if nothing)."""
+  for prefix, (_, _, hint) in GYM_PACKAGES.items():
+    if env_id.startswith(prefix):
+      return f' Or use {hint}.'
+  return ''
+
+
+def check_task(task, gym_kwargs=None):
+  """Validate a task without TensorFlow, so that a run fails before it
+  loads; raises UnknownTask, MissingPackage or UnsupportedSpace.
+
+  Other suites are checked by name. A gym_<id> task's spaces are known only
+  from its env, so check_task builds it once (gymnasium.make with gym_kwargs,
+  a dict or JSON text; no reset) and closes it.
+  """
   suite, name = _split_task(task)
-  if suite == 'atari':
+  gym_kwargs = _gym_kwargs(task, suite, gym_kwargs)
+  if suite == 'gym':
+    env = _make_gym(name, gym_kwargs)
+    try:
+      GymWrapper(env)  # Raises UnsupportedSpace for spaces it cannot use.
+    except UnsupportedSpace as error:
+      env_id = name.partition(':')[2] if ':' in name else name
+      raise UnsupportedSpace(
+          f"Task '{task}': {error}{_hint(env_id)}") from None
+    finally:
+      env.close()
+  elif suite == 'atari':
     _require('ale_py', 'ale-py')
     atari_game(name)
   elif suite == 'dmc':
@@ -442,18 +656,86 @@ class Crafter:
         log_reward=np.float32(log_reward), **logs)
 
 
+GYM_SUPPORTED = (
+    'observations: Box uint8 [H, W, C] or [H, W] (images), Box with 0 or 1 '
+    'dimensions (vectors), or a Dict of those; actions: Discrete, 1-D Box, '
+    '1-D MultiDiscrete, or a Dict of those (not nested)')
+
+
+def _single_action(space):
+  """Whether the agent can use `space` as an action or a Dict action's part."""
+  if isinstance(space, gymnasium.spaces.Discrete):
+    return True
+  if isinstance(space, gymnasium.spaces.Box):
+    return len(space.shape) == 1
+  if isinstance(space, gymnasium.spaces.MultiDiscrete):
+    return space.nvec.ndim == 1 and space.nvec.size > 0
+  return False
+
+
+def check_gym_action(space, env=None):
+  """Raise UnsupportedSpace unless the agent can use a gym action space.
+
+  The one place that decides which gym actions are accepted: Discrete and
+  1-D Box, which from_gym makes one-hot or [-1, 1], and a 1-D MultiDiscrete
+  or a Dict of those three (not nested), which it makes one flat vector of
+  parts (PartsAction).
+  """
+  if _single_action(space):
+    return
+  where = f' of {env}' if env is not None else ''
+  if isinstance(space, gymnasium.spaces.Dict) and space.spaces:
+    bad = [(k, v) for k, v in space.spaces.items() if not _single_action(v)]
+    if not bad:
+      return
+    key, part = bad[0]
+    raise UnsupportedSpace(
+        f"Unsupported action space {space}{where}: its part '{key}' is "
+        f"{part}. Supported {GYM_SUPPORTED}.")
+  raise UnsupportedSpace(
+      f'Unsupported action space {space}{where}. Supported {GYM_SUPPORTED}.')
+
+
+def _plain_action(space):
+  """GymWrapper's form of a gym action space: indices from 0 (no `start`),
+  float32 Boxes."""
+  if isinstance(space, gymnasium.spaces.Discrete):
+    return gymnasium.spaces.Discrete(int(space.n))
+  if isinstance(space, gymnasium.spaces.MultiDiscrete):
+    return gymnasium.spaces.MultiDiscrete(space.nvec)
+  if isinstance(space, gymnasium.spaces.Dict):
+    return gymnasium.spaces.Dict(
+        {key: _plain_action(part) for key, part in space.spaces.items()})
+  low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+  return gymnasium.spaces.Box(low, high, space.shape, np.float32)
+
+
+def _gym_action(space, action):
+  """An action of `_plain_action(space)` as the env of `space` takes it:
+  indices shifted by `start`, Boxes in their dtype."""
+  if isinstance(space, gymnasium.spaces.Discrete):
+    return int(action) + int(space.start)
+  if isinstance(space, gymnasium.spaces.MultiDiscrete):
+    index = np.asarray(action).astype(np.int64) + space.start
+    return index.astype(space.dtype)
+  if isinstance(space, gymnasium.spaces.Dict):
+    return {key: _gym_action(part, action[key])
+            for key, part in space.spaces.items()}
+  return np.asarray(action, space.dtype)
+
+
 class GymWrapper:
   """Any gymnasium env: images (uint8 [H, W, C] or [H, W]) and vectors.
 
   A single Box observation is named `obs_key` (default: 'image' for images,
   'vector' for vectors); a Dict keeps its keys. Actions stay native (an index
-  for Discrete, a vector for Box): wrap with OneHotAction or NormalizeAction.
+  for Discrete, a vector for Box, indices for MultiDiscrete, a dict for
+  Dict; indices from 0): wrap with OneHotAction, NormalizeAction or
+  PartsAction.
   terminated -> is_terminal and is_last; truncated -> is_last only.
   """
 
-  SUPPORTED = (
-      'observations: Box uint8 [H, W, C] or [H, W] (images), Box with 0 or 1 '
-      'dimensions (vectors), or a Dict of those; actions: Discrete or 1-D Box')
+  SUPPORTED = GYM_SUPPORTED
 
   def __init__(self, env, obs_key=None, act_key='action', seed=None):
     self._env = env
@@ -474,12 +756,7 @@ class GymWrapper:
           f'Observation keys {sorted(reserved)} of {env} clash with the '
           f'names this interface adds ({", ".join(_base_spaces())}).')
     action = env.action_space
-    ok = isinstance(action, gymnasium.spaces.Discrete) or (
-        isinstance(action, gymnasium.spaces.Box) and len(action.shape) == 1)
-    if not ok:
-      raise UnsupportedSpace(
-          f'Unsupported action space {action} of {env}. Supported '
-          f'{self.SUPPORTED}.')
+    check_gym_action(action, env)
     self._action_space = action
 
   @property
@@ -489,12 +766,7 @@ class GymWrapper:
 
   @property
   def act_space(self):
-    action = self._action_space
-    if isinstance(action, gymnasium.spaces.Discrete):
-      return {self._act_key: gymnasium.spaces.Discrete(int(action.n))}
-    low, high = action.low.astype(np.float32), action.high.astype(np.float32)
-    return {self._act_key: gymnasium.spaces.Box(
-        low, high, action.shape, np.float32)}
+    return {self._act_key: _plain_action(self._action_space)}
 
   def reset(self):
     obs, _ = self._env.reset(seed=self._seed)
@@ -502,11 +774,7 @@ class GymWrapper:
     return self._observe(obs, 0.0, True, False, False)
 
   def step(self, action):
-    action = action[self._act_key]
-    if isinstance(self._action_space, gymnasium.spaces.Discrete):
-      action = int(action) + int(self._action_space.start)
-    else:
-      action = np.asarray(action, self._action_space.dtype)
+    action = _gym_action(self._action_space, action[self._act_key])
     obs, reward, terminated, truncated, _ = self._env.step(action)
     return self._observe(
         obs, reward, False, terminated or truncated, terminated)
@@ -545,18 +813,22 @@ class GymWrapper:
 def from_gym(env, obs_key=None, seed=None, time_limit=0, size=None):
   """Any gymnasium env as an interface env, as the original's `api` does.
 
-  Discrete actions become one-hot, Box actions are normalised to [-1, 1];
-  with `size`, images of another size are resized to it (nearest neighbour,
-  as the original).
+  Discrete actions become one-hot, Box actions are normalised to [-1, 1],
+  MultiDiscrete and Dict actions one flat vector of such parts
+  (PartsAction); with `size`, images of another size are resized to it
+  (nearest neighbour, as the original).
   """
   env = GymWrapper(env, obs_key=obs_key, seed=seed)
   if size:
     resized = ResizeImage(env, size, nearest=True)
     env = resized if resized.keys else env
-  if isinstance(env.act_space['action'], gymnasium.spaces.Discrete):
+  action = env.act_space['action']
+  if isinstance(action, gymnasium.spaces.Discrete):
     env = OneHotAction(env)
-  else:
+  elif isinstance(action, gymnasium.spaces.Box):
     env = NormalizeAction(env)
+  else:
+    env = PartsAction(env)
   if time_limit:
     env = TimeLimit(env, time_limit)
   return env
@@ -579,6 +851,30 @@ def make_minigrid(name, size=(64, 64), seed=None):
 
 
 # Wrappers ------------------------------------------------------------------
+
+
+class ActionRepeat:
+  """Repeat each action `repeat` times, for any interface env: the rewards
+  summed, the last observation, and no more steps after an episode's end."""
+
+  def __init__(self, env, repeat):
+    if isinstance(repeat, bool) or int(repeat) != repeat or repeat < 1:
+      raise ValueError(
+          f'action_repeat {repeat!r} must be a whole number of at least 1.')
+    self._env = env
+    self._repeat = int(repeat)
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action):
+    reward = 0.0
+    for _ in range(self._repeat):
+      obs = self._env.step(action)
+      reward += float(obs['reward'])
+      if obs['is_last']:
+        break
+    return {**obs, 'reward': np.float32(reward)}
 
 
 class TimeLimit:
@@ -619,12 +915,9 @@ class NormalizeAction:
           f'NormalizeAction needs a Box action, got {space}.')
     self._env = env
     self._key = key
-    self._mask = np.isfinite(space.low) & np.isfinite(space.high)
-    self._low = np.where(self._mask, space.low, -1).astype(np.float32)
-    self._high = np.where(self._mask, space.high, 1).astype(np.float32)
-    low = np.where(self._mask, -1, space.low).astype(np.float32)
-    high = np.where(self._mask, 1, space.high).astype(np.float32)
-    self._space = gymnasium.spaces.Box(low, high, space.shape, np.float32)
+    self._scale = _BoxScale(space)
+    self._space = gymnasium.spaces.Box(
+        self._scale.low, self._scale.high, space.shape, np.float32)
 
   def __getattr__(self, name):
     return getattr(self._env, name)
@@ -634,10 +927,42 @@ class NormalizeAction:
     return {**self._env.act_space, self._key: self._space}
 
   def step(self, action):
-    normed = np.asarray(action[self._key], np.float32)
-    orig = (normed + 1) / 2 * (self._high - self._low) + self._low
-    orig = np.where(self._mask, orig, normed)
+    orig = self._scale(np.asarray(action[self._key], np.float32))
     return self._env.step({**action, self._key: orig})
+
+
+class _BoxScale:
+  """[-1, 1] to a Box's bounds on its dimensions with finite bounds (the
+  others pass through); low and high are the bounds the agent sees."""
+
+  def __init__(self, space):
+    self._mask = np.isfinite(space.low) & np.isfinite(space.high)
+    self._low = np.where(self._mask, space.low, -1).astype(np.float32)
+    self._high = np.where(self._mask, space.high, 1).astype(np.float32)
+    self.low = np.where(self._mask, -1, space.low).astype(np.float32)
+    self.high = np.where(self._mask, 1, space.high).astype(np.float32)
+
+  def __call__(self, normed, clip=False):
+    orig = (normed + 1) / 2 * (self._high - self._low) + self._low
+    if clip:  # Rounding must not step outside the bounds.
+      orig = np.clip(orig, self._low, self._high)
+    return np.where(self._mask, orig, normed)
+
+
+def _one_hot_index(vector, n, what):
+  """The index of a one-hot vector of n classes; ValueError naming `what`
+  for any other vector (straight-through samples in low precision round a
+  little: 1e-2 is tolerated; NaN fails the comparison too)."""
+  vector = np.asarray(vector)
+  index = int(np.argmax(vector)) if vector.shape == (n,) else 0
+  reference = np.zeros(n, np.float32)
+  reference[index] = 1
+  if vector.shape != reference.shape or not (
+      np.abs(vector - reference).max() <= 1e-2):
+    raise ValueError(
+        f'{what} must be a one-hot vector of shape ({n},), got '
+        f'{vector.tolist()} (shape {vector.shape}).')
+  return index
 
 
 class OneHotAction:
@@ -660,18 +985,95 @@ class OneHotAction:
     return {**self._env.act_space, self._key: self._space}
 
   def step(self, action):
-    vector = np.asarray(action[self._key])
-    index = int(np.argmax(vector)) if vector.shape == (self._space.n,) else 0
-    reference = np.zeros(self._space.n, np.float32)
-    reference[index] = 1
-    # Tolerate the rounding of straight-through samples in low precision;
-    # NaN fails the comparison too.
-    if vector.shape != reference.shape or not (
-        np.abs(vector - reference).max() <= 1e-2):
-      raise ValueError(
-          f"Action '{self._key}' must be a one-hot vector of shape "
-          f"({self._space.n},), got {vector.tolist()} (shape {vector.shape}).")
+    index = _one_hot_index(
+        action[self._key], self._space.n, f"Action '{self._key}'")
     return self._env.step({**action, self._key: index})
+
+
+class PartsAction:
+  """Let the agent act on a MultiDiscrete or Dict action as one flat vector
+  (an ActionParts): a one-hot block per categorical (each dimension of a
+  MultiDiscrete, each Discrete) and a [-1, 1] block per Box, rescaled to its
+  finite bounds as in NormalizeAction. step() gives the env the index
+  vector or the dict back.
+
+  Parts are named by the Dict's keys, a MultiDiscrete's dimensions by their
+  index ('0', 'grid/1'), in the order of the Dict (gymnasium sorts its keys).
+  """
+
+  def __init__(self, env, key='action'):
+    space = env.act_space[key]
+    if isinstance(space, gymnasium.spaces.MultiDiscrete):
+      fields = [(None, space)]
+    elif isinstance(space, gymnasium.spaces.Dict):
+      fields = list(space.spaces.items())
+    else:
+      raise UnsupportedSpace(
+          f'PartsAction needs a MultiDiscrete or Dict action, got {space}.')
+    check_gym_action(space)
+    self._env = env
+    self._key = key
+    self._fields = []  # (key, space, [(part, offset)], _BoxScale or None)
+    parts, lows, highs, offset = [], [], [], 0
+    for name, field in fields:
+      scale = None
+      if isinstance(field, gymnasium.spaces.Discrete):
+        own = [ActionPart(name, 'discrete', int(field.n))]
+      elif isinstance(field, gymnasium.spaces.MultiDiscrete):
+        own = [ActionPart(str(i) if name is None else f'{name}/{i}',
+                          'discrete', int(n)) for i, n in enumerate(field.nvec)]
+      else:
+        scale = _BoxScale(field)
+        own = [ActionPart(name, 'continuous', int(field.shape[0]))]
+      blocks = []
+      for part in own:
+        blocks.append((part, offset))
+        offset += part.size
+        if scale is None:
+          lows.append(np.zeros(part.size))
+          highs.append(np.ones(part.size))
+      if scale is not None:
+        lows.append(scale.low)
+        highs.append(scale.high)
+      parts += own
+      self._fields.append((name, field, blocks, scale))
+    self._space = ActionParts(
+        parts, np.concatenate(lows), np.concatenate(highs))
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  @property
+  def act_space(self):
+    return {**self._env.act_space, self._key: self._space}
+
+  def step(self, action):
+    return self._env.step({**action, self._key: self.native(action[self._key])})
+
+  def native(self, vector):
+    """The wrapped env's action (an index vector or a dict) for a flat one;
+    ValueError for a vector of another shape or a block that is not
+    one-hot."""
+    vector = np.asarray(vector, np.float32)
+    if vector.shape != self._space.shape:
+      raise ValueError(
+          f"Action '{self._key}' must be a vector of shape "
+          f"{self._space.shape} ({self._space}), got shape {vector.shape}.")
+    values = {}
+    for name, field, blocks, scale in self._fields:
+      pieces = [vector[start:start + part.size] for part, start in blocks]
+      if scale is not None:
+        values[name] = scale(pieces[0], clip=True)
+        continue
+      index = [
+          _one_hot_index(piece, part.size,
+                         f"Part '{part.name}' of action '{self._key}'")
+          for piece, (part, _) in zip(pieces, blocks)]
+      if isinstance(field, gymnasium.spaces.Discrete):
+        values[name] = index[0]
+      else:
+        values[name] = np.array(index, field.dtype)
+    return values[None] if None in values else values
 
 
 class ResizeImage:
@@ -717,19 +1119,32 @@ class ResizeImage:
 
 def make(
     task, mode='train', action_repeat=1, time_limit=0, size=(64, 64),
-    grayscale=True, camera=-1, seed=None, outdir=None):
+    grayscale=True, camera=-1, seed=None, outdir=None, gym_kwargs=None):
   """The interface env for a task name such as 'atari_pong'.
 
   mode is 'train' or 'eval'; both use the same protocol (Atari keeps sticky
   actions in eval), except that Crafter evaluates with its reward also for
   crafter_noreward, as the original does. time_limit counts agent steps
   (0 = the env's own). outdir is where Crafter writes its stats (train mode
-  only).
+  only). gym_<id> tasks are gymnasium.make(id, **gym_kwargs) (a dict, or JSON
+  text as in the config) through from_gym, as api.train wraps a user's env
+  (images resized to `size` by nearest neighbour), with ActionRepeat; other
+  tasks take no gym_kwargs.
   """
   if mode not in ('train', 'eval'):
     raise ValueError(f"Unknown mode '{mode}': use 'train' or 'eval'.")
   suite, name = _split_task(task)
-  if suite == 'atari':
+  gym_kwargs = _gym_kwargs(task, suite, gym_kwargs)
+  if suite == 'gym':
+    gym_env = _make_gym(name, gym_kwargs)
+    try:
+      env = from_gym(gym_env, seed=seed, size=size)
+      if action_repeat != 1:
+        env = ActionRepeat(env, action_repeat)
+    except Exception:
+      gym_env.close()
+      raise
+  elif suite == 'atari':
     env = Atari(
         name, action_repeat, size, grayscale, noops=30, life_done=False,
         sticky=True, all_actions=True, seed=seed)
@@ -755,23 +1170,36 @@ def make(
   return env
 
 
+def where_to_run(task, requested):
+  """(strategy, reason): where the envs of `task` run when envs_parallel is
+  `requested`. reason is None, or the one line to print when the strategy
+  overrides the request (OWN_PROCESS: DMC always runs in a child process)."""
+  choices.check('envs_parallel', requested, choices.PARALLEL)
+  for prefix, reason in OWN_PROCESS.items():
+    if str(task).startswith(prefix) and requested != 'process':
+      return 'process', reason
+  return requested, None
+
+
 class Parallel:
-  """Run an env in this thread ('none'), a thread, or a process.
+  """Run an env in the caller's thread ('none'), a thread of its own
+  ('thread'), or a child process ('process').
 
   `ctor` builds the env and must pickle for 'process' (e.g.
-  functools.partial(make, 'atari_pong', ...)). With blocking=False, reset
-  and step return a callable that waits for the result, so that the driver
-  can step several envs at once. Errors in the env are raised here, with the
-  env's traceback attached as a note. A process receives actions and returns
-  observations as raw bytes laid out by the spaces (`_Packing`); anything else
-  travels pickled.
+  functools.partial(make, 'gym_CartPole-v1', ...): a gym task's id travels,
+  not a gym env). With blocking=False, reset and step return a callable that
+  waits for the result, so that the driver can step several envs at once.
+  With 'none' there is no other thread or process: the env is built, reset,
+  stepped and closed in the thread that calls Parallel and its methods, and
+  the callable holds a result already computed.
+
+  Errors in the env are raised here, with the env's traceback attached as a
+  note. A process receives actions and returns observations as raw bytes laid
+  out by the spaces (`_Packing`); anything else travels pickled.
   """
 
   def __init__(self, ctor, strategy='process', name='env'):
-    if strategy not in PARALLEL:
-      raise ValueError(
-          f"Unknown parallel strategy '{strategy}': use none, thread or "
-          'process.')
+    choices.check('envs_parallel', strategy, choices.PARALLEL)
     self.name = name  # In errors: e.g. 'atari_pong train env 0'.
     self._strategy = strategy
     self._env = None
@@ -890,8 +1318,8 @@ _CALL, _STEP, _OBS, _PICKLED = b'c', b's', b'o', b'p'
 class _Packing:
   """Dicts of NumPy values as raw bytes, laid out by their spaces.
 
-  Pickling an observation and an action costs about 130 us per step round
-  trip on these machines, a third of an Atari step (bench/README.md). pack
+  Pickling an observation and an action per step costs a sizeable part of
+  an Atari step (bench/README.md has the measurement). pack
   returns None for a dict that does not match the spaces exactly (other keys,
   shapes, dtypes or types), which then travels pickled.
   """

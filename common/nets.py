@@ -5,7 +5,9 @@ tracked, trained and checkpointed, and each layer creates its weights when it
 is built (shapes are known from the config), before the first call.
 Weights are float32; every layer casts its inputs and weights to the compute
 dtype (`set_precision`) for the matmul or convolution, and statistics that
-need the range (layer norm, logits, losses) are computed in float32.
+need the range (layer norm, logits, losses) are computed in float32. The
+faster CPU forms of some ops (bias gradients in bfloat16, convolutions of
+small maps) are in common/kernels.py, each tested equal to TensorFlow's op.
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import tensorflow as tf
 
 from common import choices
 from common import dists
+from common import kernels
 
 # The compute dtype: a process-wide default (set_precision) that a thread can
 # override for a block (compute_in). The Agent runs its construction and every
@@ -31,8 +34,7 @@ def dtype_for(precision, device=None):
   """The compute dtype of a precision: 32 -> float32; 16 -> bfloat16 on a CPU
   and float16 on a GPU (where the optimizer then scales the loss). `device`
   ('cpu' or 'gpu') overrides the detection, e.g. for tests."""
-  if precision not in choices.PRECISIONS:
-    raise ValueError(f'precision must be 16 or 32, got {precision!r}')
+  choices.check('precision', precision, choices.PRECISIONS)
   if device is None:
     device = 'gpu' if tf.config.list_physical_devices('GPU') else 'cpu'
   if precision == 32:
@@ -64,28 +66,6 @@ def compute_dtype():
 
 def cast(x):
   return tf.cast(x, compute_dtype())
-
-
-@tf.custom_gradient
-def _bias_add_sum_grad(x, bias):
-  def grad(dy):
-    return dy, tf.cast(tf.reduce_sum(dy, tf.range(tf.rank(dy) - 1)), bias.dtype)
-  return tf.nn.bias_add(x, tf.cast(bias, x.dtype)), grad
-
-
-def add_bias(x, bias):
-  """x + bias over the last axis, with a bias gradient that is right in
-  bfloat16.
-
-  TensorFlow's CPU gradient of `bias_add` (BiasAddGrad) accumulates bfloat16
-  in bfloat16, which stalls once the running sum is large: over one
-  [400, 64, 64, 1] batch it returned 255 where the true sum was 16425, and
-  every bias of the model trained on such sums. `reduce_sum` accumulates in
-  float32, so in bfloat16 the bias gradient is taken with it.
-  """
-  if x.dtype == tf.bfloat16:
-    return _bias_add_sum_grad(x, tf.convert_to_tensor(bias))
-  return tf.nn.bias_add(x, tf.cast(bias, x.dtype))
 
 
 def get_act(name):
@@ -120,7 +100,7 @@ class Dense(tf.Module):
     flat = tf.reshape(x, [-1, x.shape[-1]]) if x.shape.rank != 2 else x
     y = tf.matmul(flat, cast(self.kernel))
     if self.bias is not None:
-      y = add_bias(y, self.bias)
+      y = kernels.add_bias(y, self.bias)
     if x.shape.rank != 2:
       y = tf.reshape(y, tf.concat([shape[:-1], [y.shape[-1]]], 0))
     return y
@@ -137,73 +117,15 @@ class Conv(tf.Module):
              else [kernel, kernel, inp, out])
     self.kernel = tf.Variable(_glorot(shape, fan_in, fan_out), name='kernel')
     self.bias = tf.Variable(tf.zeros([out]), name='bias')
-    self._kernel, self._stride, self._transpose, self._out = (
-        kernel, stride, transpose, out)
+    self._stride, self._transpose = stride, transpose
 
   def __call__(self, x):
-    x = cast(x)
-    kernel = cast(self.kernel)
-    k, height, width = self._kernel, x.shape[1], x.shape[2]
-    if self._transpose and height == width == 1:
-      # From a 1x1 input the transposed conv is one matmul; TF's CPU kernel
-      # for this case is ~10x slower than the equivalent matmul.
-      inp = kernel.shape[-1]
-      kernel = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [inp, -1])
-      y = tf.reshape(tf.matmul(tf.reshape(x, [-1, inp]), kernel),
-                     [-1, k, k, self._out])
-    elif (self._transpose and self._stride == 2 and k % 2 == 0
-          and self._out <= 4):
-      # The decoder's last layer (1 or 3 channels), where TF's CPU kernel
-      # runs at a tenth of its usual rate: see `_transpose_by_phases`.
-      y = _transpose_by_phases(x, kernel)
-    elif self._transpose:
-      size = lambda n: (n - 1) * self._stride + k
-      out_shape = [tf.shape(x)[0], size(height), size(width), self._out]
-      y = tf.nn.conv2d_transpose(x, kernel, out_shape, self._stride, 'VALID')
-    elif ((height - k) // self._stride + 1 <= 2
-          and (width - k) // self._stride + 1 <= 2):
-      # A conv with at most 2x2 outputs is a matmul over its input patches
-      # (TF's bfloat16 filter gradient is slow on such small maps).
-      rows, cols = ((height - k) // self._stride + 1,
-                    (width - k) // self._stride + 1)
-      s = self._stride
-      patches = tf.stack([x[:, i * s:i * s + k, j * s:j * s + k]
-                          for i in range(rows) for j in range(cols)], 1)
-      patches = tf.reshape(patches, [-1, k * k * x.shape[-1]])
-      y = tf.matmul(patches, tf.reshape(kernel, [-1, self._out]))
-      y = tf.reshape(y, [-1, rows, cols, self._out])
+    x, kernel = cast(x), cast(self.kernel)
+    if self._transpose:
+      y = kernels.conv2d_transpose(x, kernel, self._stride)
     else:
-      y = tf.nn.conv2d(x, kernel, self._stride, 'VALID')
-    return add_bias(y, self.bias)
-
-
-@tf.custom_gradient
-def _transpose_by_phases(x, kernel):
-  """conv2d_transpose(x, kernel, stride 2, VALID) for an even kernel size
-  k = 2m, computed as one stride-1 convolution and depth_to_space.
-
-  Output pixel (2i + a, 2j + b) sums x[i - p, j - q] * kernel[2p + a, 2q + b]
-  over p, q < m: for each of the four phases (a, b) a stride-1 correlation
-  of the padded input with the flipped m x m taps of that phase, so the
-  phases become 4 * out channels of one convolution. The gradients are TF's
-  own ops for the transposed convolution (a strided conv and its filter
-  gradient), which are fast for this shape."""
-  k, _, out, inp = kernel.shape
-  m = k // 2
-  taps = tf.reshape(kernel, [m, 2, m, 2, out, inp])         # [p, a, q, b, o, c]
-  taps = tf.reverse(taps, [0, 2])
-  taps = tf.reshape(
-      tf.transpose(taps, [0, 2, 5, 1, 3, 4]), [m, m, inp, 4 * out])
-  padded = tf.pad(x, [[0, 0], [m - 1, m - 1], [m - 1, m - 1], [0, 0]])
-  y = tf.nn.depth_to_space(tf.nn.conv2d(padded, taps, 1, 'VALID'), 2)
-
-  def grad(dy):
-    dx = tf.nn.conv2d(dy, kernel, 2, 'VALID')
-    dkernel = tf.raw_ops.Conv2DBackpropFilter(
-        input=dy, filter_sizes=tf.shape(kernel), out_backprop=x,
-        strides=[1, 2, 2, 1], padding='VALID')
-    return dx, dkernel
-  return y, grad
+      y = kernels.conv2d(x, kernel, self._stride)
+    return kernels.add_bias(y, self.bias)
 
 
 class LayerNorm(tf.Module):
@@ -225,11 +147,8 @@ class LayerNorm(tf.Module):
 
 
 def Norm(kind, size, trainable=True):
-  if kind == 'none':
-    return None
-  if kind == 'layer':
-    return LayerNorm(size, trainable=trainable)
-  raise ValueError(f'unknown norm {kind!r} (accepted: none, layer)')
+  choices.check('norm', kind, choices.NORMS)
+  return LayerNorm(size, trainable=trainable) if kind == 'layer' else None
 
 
 class DenseStack(tf.Module):
@@ -256,23 +175,41 @@ class DenseStack(tf.Module):
 
 
 class DistHead(tf.Module):
-  """Maps features to a distribution over an output of `shape`."""
+  """Maps features to a distribution over an output of `shape`.
+
+  With `parts` (((name, kind, size), ...), an action of several parts: see
+  envs.ActionParts), one head per part in `self.parts`, onehot for a
+  discrete part and `dist` for a continuous one, joined as a dists.Parts
+  over the concatenation.
+  """
 
   def __init__(self, inp, shape, dist='mse', min_std=0.1, init_std=0.0,
-               trainable=True, name=None):
+               trainable=True, name=None, parts=None):
     super().__init__(name=name)
     self._shape = tuple(shape)
     self._dist, self._min_std, self._init_std = dist, min_std, init_std
+    self.parts = None
+    if parts:
+      self._sizes = [int(size) for _, _, size in parts]
+      if (sum(self._sizes),) != self._shape:
+        raise ValueError(
+            f'The action parts {list(parts)} add up to '
+            f'{sum(self._sizes)} values, not the shape {self._shape}.')
+      self.parts = [
+          DistHead(inp, (int(size),),
+                   'onehot' if kind == 'discrete' else dist, min_std,
+                   init_std, trainable)
+          for _, kind, size in parts]
+      return
     size = int(np.prod(self._shape))
     self.out = Dense(inp, size, trainable=trainable)
+    choices.check('dist', dist, choices.DISTS)
     if dist in ('normal', 'tanh_normal', 'trunc_normal'):
       self.std = Dense(inp, size, trainable=trainable)
-    elif dist not in ('mse', 'binary', 'onehot'):
-      raise ValueError(
-          f'unknown dist {dist!r} (accepted: mse, binary, onehot, normal, '
-          'tanh_normal, trunc_normal)')
 
   def __call__(self, x):
+    if self.parts:
+      return dists.Parts([head(x) for head in self.parts], self._sizes)
     shape = tf.concat([tf.shape(x)[:-1], self._shape], 0)
     out = tf.reshape(tf.cast(self.out(x), tf.float32), shape)
     dims = len(self._shape)

@@ -7,11 +7,19 @@
       --tasks atari_pong --outdir /tmp/p
   python3 common/plot.py --indir ~/logdir --outdir ~/plots \
       --compare scores/atari-dreamerv2.json
+  python3 common/plot.py --crafter_score ~/logdir/crafter_reward [--json]
 
 With --compare, a table (and <name>_compare.json) says per task and method
 where the runs stand among the published seeds: below, within or above their
 range, at the largest frame count every seed reached and at earlier bin
 edges (see `compare`). --indir also takes score files of runs (.json).
+
+With --crafter_score, Crafter's own metric of every run in or under the
+logdirs (a run: a directory with train_episodes/): each achievement's success
+rate, the percent of the train episodes within --crafter_budget env steps
+(default 1M) that unlocked it, and the score exp(mean ln(1 + rate)) - 1, per
+seed and over seeds, beside the Crafter authors' published scores (see
+`crafter_scores`). Bad input there exits 2.
 
 A run is read from .../<task>/<method>/<seed>/metrics.jsonl. Every curve, read
 or written, is {task, method, seed, xs, ys}: the format of the published score
@@ -48,7 +56,10 @@ COLORS = (
 
 
 class PlotError(Exception):
-  """Bad input: reported as one line, without a traceback."""
+  """Bad input: reported as one line, without a traceback; exits 2, as
+  every entry point of the project does for bad input."""
+
+  status = 2
 
 
 def warn(message):
@@ -452,6 +463,270 @@ def compare_table(result):
   return '\n'.join(lines)
 
 
+# Crafter score ---------------------------------------------------------------
+
+# Crafter's 22 achievements, as in its data.yaml (crafter.constants).
+CRAFTER_ACHIEVEMENTS = (
+    'collect_coal', 'collect_diamond', 'collect_drink', 'collect_iron',
+    'collect_sapling', 'collect_stone', 'collect_wood', 'defeat_skeleton',
+    'defeat_zombie', 'eat_cow', 'eat_plant', 'make_iron_pickaxe',
+    'make_iron_sword', 'make_stone_pickaxe', 'make_stone_sword',
+    'make_wood_pickaxe', 'make_wood_sword', 'place_furnace', 'place_plant',
+    'place_stone', 'place_table', 'wake_up')
+CRAFTER_PUBLISHED = ROOT / 'scores' / 'crafter-baselines.json'
+# Crafter's read_metrics.py skips runs with fewer env steps than this below
+# the budget; here they are kept, with a warning.
+CRAFTER_SHORT = 1e4
+
+
+def find_crafter_runs(logdirs):
+  """Run directories (those holding train_episodes/) under each logdir, each
+  once, in order."""
+  runs = {}
+  for logdir in logdirs:
+    logdir = pathlib.Path(logdir).expanduser()
+    if not logdir.is_dir():
+      raise PlotError(f'--crafter_score {logdir} is not a directory.')
+    found = sorted(p.parent for p in logdir.rglob('train_episodes')
+                   if p.is_dir())
+    if not found:
+      raise PlotError(
+          f'{logdir} has no episodes: no train_episodes/ in it or below it.')
+    for run in found:
+      runs.setdefault(run.resolve(), run)
+  return list(runs.values())
+
+
+def read_run_config(logdir):
+  """Top-level task and action_repeat of a run's config.yaml (None where the
+  file or the key is missing), read without a YAML library."""
+  values = {'task': None, 'action_repeat': None}
+  try:
+    text = (pathlib.Path(logdir) / 'config.yaml').read_text()
+  except OSError:
+    return values
+  for key in values:
+    match = re.search(rf'^{key}:[ \t]*(.*?)[ \t]*$', text, re.M)
+    if match:
+      values[key] = match[1].strip('\'"')
+  return values
+
+
+def read_crafter_episodes(logdir):
+  """A run's train episodes, oldest first (file names start with the time):
+  a list of {length, finished, unlocked}.
+
+  length: agent steps (from the file name, as replay.py counts them);
+  finished: whether the episode ended (is_last), not cut at a stop;
+  unlocked: bool per achievement of CRAFTER_ACHIEVEMENTS, from the counts in
+  log_achievement_* (Crafter's per-episode totals), or None when unreadable.
+  """
+  directory = pathlib.Path(logdir) / 'train_episodes'
+  filenames = sorted(directory.glob('*.npz'))
+  if not filenames:
+    raise PlotError(
+        f'{logdir} has no episodes: no .npz file in {directory}.')
+  keys = [f'log_achievement_{name}' for name in CRAFTER_ACHIEVEMENTS]
+  episodes = []
+  for filename in filenames:
+    try:
+      length = int(filename.stem.rsplit('-', 1)[1])
+    except (IndexError, ValueError):
+      warn(f'skipping episode file {filename}: name is not '
+           '<timestamp>-<id>-<length>.npz')
+      continue
+    unlocked, finished = None, False
+    try:
+      with np.load(filename, allow_pickle=False) as data:
+        missing = [key for key in keys if key not in data.files]
+        if missing:
+          raise PlotError(
+              f'{logdir} is not a Crafter run: its episode {filename.name} '
+              f'has no {missing[0]} (nor {len(missing) - 1} more of the 22 '
+              'achievements).')
+        unlocked = np.array([data[key].max() > 0 for key in keys])
+        finished = bool(data['is_last'][-1]) if 'is_last' in data else True
+    except PlotError:
+      raise
+    except Exception as error:  # A broken file: its steps still count.
+      warn(f'episode file {filename} is unreadable ({error}); its steps '
+           'count towards the budget, the episode does not')
+    episodes.append(
+        {'length': length, 'finished': finished, 'unlocked': unlocked})
+  if not episodes:
+    raise PlotError(f'{logdir} has no readable episode file.')
+  return episodes
+
+
+def crafter_success_rates(episodes, budget=1e6, action_repeat=1):
+  """Success rate of each achievement in percent: the share of the episodes
+  within the budget that unlocked it at least once, as Crafter's
+  compute_success_rates.
+
+  Episodes count in order while their cumulative env steps (length ×
+  action_repeat) stay within the budget (Crafter's read_metrics stops at the
+  first episode that goes past it). An episode cut at a stop or unreadable
+  spends its steps but is no episode of the rates. Returns (rates, episodes
+  counted, env steps up to the last counted one, other episodes in budget).
+  """
+  steps, counted, skipped, unlocked = 0, 0, 0, []
+  for episode in episodes:
+    steps_after = steps + episode['length'] * action_repeat
+    if steps_after > budget:
+      break
+    steps = steps_after
+    if episode['finished'] and episode['unlocked'] is not None:
+      unlocked.append(episode['unlocked'])
+      counted += 1
+    else:
+      skipped += 1
+  if not unlocked:
+    return None, 0, steps, skipped
+  rates = 100 * np.mean(np.array(unlocked, float), 0)
+  return rates, counted, steps, skipped
+
+
+def crafter_score(rates):
+  """Crafter score in percent: exp(mean_i ln(1 + s_i)) - 1 over the success
+  rates s_i in percent, the geometric mean with an offset of 1% (Crafter's
+  compute_scores), so rare achievements weigh more than common ones."""
+  rates = np.asarray(rates, float)
+  if rates.size == 0 or (rates < 0).any() or (rates > 100).any():
+    raise ValueError(f'success rates must be percentages, got {rates}')
+  return float(np.exp(np.mean(np.log1p(rates))) - 1)
+
+
+def crafter_scores(logdirs, budget=1e6):
+  """Success rates and score of every Crafter run under the logdirs, and per
+  task and method their mean over seeds (population std, as Crafter's
+  print_scores). Runs are named by their directory levels
+  <task>/<method>/<seed>; the task is config.yaml's when it has one."""
+  runs = []
+  for logdir in find_crafter_runs(logdirs):
+    config = read_run_config(logdir)
+    task, method, seed = run_name(logdir / 'metrics.jsonl')
+    task = config['task'] or task
+    if config['task'] and not config['task'].startswith('crafter_'):
+      raise PlotError(
+          f'{logdir} is not a Crafter run: its config.yaml has task '
+          f'{config["task"]}.')
+    try:
+      action_repeat = int(config['action_repeat'] or 1)
+    except ValueError:
+      raise PlotError(
+          f'{logdir}: config.yaml has action_repeat '
+          f'{config["action_repeat"]!r}, not a whole number.')
+    episodes = read_crafter_episodes(logdir)
+    rates, counted, steps, skipped = crafter_success_rates(
+        episodes, budget, action_repeat)
+    if rates is None:
+      raise PlotError(
+          f'{logdir} has no finished episode within the budget of '
+          f'{budget:,.0f} env steps.')
+    if steps < budget - CRAFTER_SHORT:
+      warn(f'{logdir} holds episodes of {steps:,} env steps within the '
+           f'budget of {budget:,.0f}: Crafter\'s read_metrics leaves out '
+           'such runs, here it counts')
+    runs.append({
+        'task': task, 'method': method, 'seed': seed, 'logdir': str(logdir),
+        'action_repeat': action_repeat, 'episodes': counted,
+        'unfinished_episodes': skipped, 'env_steps': steps,
+        'success_rates': dict(zip(CRAFTER_ACHIEVEMENTS, rates.tolist())),
+        'score': crafter_score(rates)})
+  runs.sort(key=lambda r: (r['task'], r['method'], seed_order(r['seed'])))
+  methods = []
+  for (task, method), seeds in group(runs).items():
+    scores = [r['score'] for r in seeds]
+    rates = np.mean([list(r['success_rates'].values()) for r in seeds], 0)
+    methods.append({
+        'task': task, 'method': method, 'seeds': len(seeds),
+        'score_mean': float(np.mean(scores)),
+        'score_std': float(np.std(scores)),
+        'success_rates': dict(zip(CRAFTER_ACHIEVEMENTS, rates.tolist()))})
+  return {'budget': budget, 'achievements': list(CRAFTER_ACHIEVEMENTS),
+          'runs': runs, 'methods': methods}
+
+
+def load_crafter_published(filename=CRAFTER_PUBLISHED):
+  """{source, methods: [{method, task, score, std}]}: the Crafter authors'
+  scores, as in scores/crafter-baselines.json."""
+  try:
+    published = json.loads(pathlib.Path(filename).read_text())
+    if not isinstance(published['source'], str) or not all(
+        isinstance(row['method'], str) and isinstance(row['task'], str)
+        and is_number(row['score']) and is_number(row['std'])
+        for row in published['methods']):
+      raise ValueError(filename)
+  except OSError as error:
+    raise PlotError(f'Cannot read {filename}: {error.strerror}.')
+  except (KeyError, TypeError, ValueError):
+    raise PlotError(f'{filename} is not a table of published Crafter scores '
+                    '({source, methods: [{method, task, score, std}]}).')
+  return published
+
+
+def crafter_table(result, published):
+  """Per task and method: each achievement's success rate per seed and their
+  mean, the scores, and the published scores beside them."""
+  lines = []
+  for summary in result['methods']:
+    seeds = [r for r in result['runs'] if (r['task'], r['method']) == (
+        summary['task'], summary['method'])]
+    names = [r['seed'] for r in seeds]
+    width = max(7, *(len(n) for n in names))
+    lines.append(f"{summary['task']} {summary['method']}: success rates (%) "
+                 f"within {result['budget']:,.0f} env steps")
+    lines.append(f"{'achievement':<20}" + ''.join(
+        f' {n:>{width}}' for n in names) + f" {'mean':>7}")
+    for name in CRAFTER_ACHIEVEMENTS:
+      lines.append(f'{name:<20}' + ''.join(
+          f" {r['success_rates'][name]:>{width}.1f}" for r in seeds)
+          + f" {summary['success_rates'][name]:>7.1f}")
+    for label, key, form in (('episodes', 'episodes', 'd'),
+                             ('env steps', 'env_steps', 'd')):
+      lines.append(f'{label:<20}' + ''.join(
+          f' {r[key]:>{width}{form}}' for r in seeds))
+    lines.append(f"{'score (%)':<20}" + ''.join(
+        f" {r['score']:>{width}.2f}" for r in seeds)
+        + f" {summary['score_mean']:>7.2f}")
+    lines.append(
+        f"score over {summary['seeds']} seeds: {summary['score_mean']:.1f} ± "
+        f"{summary['score_std']:.1f} % (mean ± population std)")
+    lines.append('')
+  lines.append('Crafter scores (%), mean ± std over seeds; the published '
+               'ones from scores/crafter-baselines.json:')
+  rows = [(row['score'], row['std'], row['method'], row['task'], 'published')
+          for row in published['methods']]
+  rows += [(s['score_mean'], s['score_std'], s['method'], s['task'],
+            f"this run, {s['seeds']} seeds") for s in result['methods']]
+  for score, std, method, task, origin in sorted(rows, key=lambda r: -r[0]):
+    lines.append(f'  {method:<26} {task:<17} {score:>5.1f} ± {std:<4.1f}  '
+                 f'{origin}')
+  return '\n'.join(lines)
+
+
+def run_crafter_score(args):
+  """--crafter_score: prints the table (or, with --json, one JSON line) and
+  writes <name>_crafter.json into --outdir when given."""
+  result = crafter_scores(args.crafter_score, args.crafter_budget)
+  published = load_crafter_published()
+  result['published'] = published
+  if args.outdir:
+    filename = args.outdir / f'{args.name}_crafter.json'
+    try:
+      args.outdir.mkdir(parents=True, exist_ok=True)
+      write_json(filename, result)
+    except OSError as error:
+      raise PlotError(f'Cannot write to --outdir {args.outdir}: '
+                      f'{error.strerror}.')
+  if args.json:
+    print(json.dumps(result))
+  else:
+    print(crafter_table(result, published))
+    if args.outdir:
+      print(f'Wrote {filename}')
+
+
 # Figure ----------------------------------------------------------------------
 
 def plot(curves, tasks, methods, args, stats=None):
@@ -552,10 +827,12 @@ def main(argv=None):
     run(args)
   except PlotError as error:
     print(f'plot.py: error: {error}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(error.status)
 
 
 def run(args):
+  if args.crafter_score:
+    return run_crafter_score(args)
   if not args.indir and not args.baselines:
     raise PlotError('Nothing to plot: give --indir, --baselines or both.')
   # Read everything (and fail on bad input) before drawing anything.
@@ -664,12 +941,15 @@ def write_json(filename, value):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
-      description='Plot learning curves of runs and published score files.')
+      description='Plot learning curves of runs and published score files; '
+                  "with --crafter_score, Crafter's score of runs.")
   parser.add_argument(
       '--indir', nargs='+', type=pathlib.Path,
       help='directories searched for <task>/<method>/<seed>/metrics.jsonl, '
            'or score files (.json) of runs')
-  parser.add_argument('--outdir', type=pathlib.Path, required=True)
+  parser.add_argument('--outdir', type=pathlib.Path,
+                      help='where the outputs go (required, except with '
+                           '--crafter_score)')
   parser.add_argument('--name', default='curves',
                       help='file stem of the outputs (default: curves)')
   parser.add_argument('--xaxis', default='step',
@@ -714,7 +994,32 @@ def parse_args(argv):
       '--stats_baselines', type=pathlib.Path,
       default=ROOT / 'scores' / 'baselines.json',
       help='random and human scores per task (default: scores/baselines.json)')
+  parser.add_argument(
+      '--crafter_score', nargs='+', type=pathlib.Path, metavar='LOGDIR',
+      help="Crafter's success rates of its 22 achievements and its score "
+           'per seed and over seeds, beside the published scores '
+           '(scores/crafter-baselines.json), for every run (a directory '
+           'with train_episodes/) in or under the logdirs; with --outdir '
+           'also <name>_crafter.json')
+  parser.add_argument(
+      '--crafter_budget', type=parse_budget, default=1e6, metavar='STEPS',
+      help='env steps of episodes that --crafter_score counts (default: 1e6, '
+           "Crafter's budget)")
+  parser.add_argument(
+      '--json', action='store_true',
+      help='with --crafter_score: print the result as one JSON line instead '
+           'of the table')
   args = parser.parse_args(argv)
+  if args.crafter_score:
+    others = [flag for flag, value in (
+        ('--indir', args.indir), ('--baselines', args.baselines),
+        ('--compare', args.compare), ('--stats', args.stats)) if value]
+    if others:
+      parser.error(f'--crafter_score is not combined with {others[0]}')
+  elif args.outdir is None:
+    parser.error('the following arguments are required: --outdir')
+  elif args.json:
+    parser.error('--json goes with --crafter_score')
   if args.cols < 1:
     parser.error(f'--cols must be at least 1, not {args.cols}')
   if args.xlim and args.xlim[0] >= args.xlim[1]:
@@ -741,6 +1046,17 @@ def parse_bins(text):
     raise argparse.ArgumentTypeError(
         f"'{text}' is not a bin width (a positive number, 0 or none)")
   return bins or None
+
+
+def parse_budget(text):
+  try:
+    budget = float(text)
+  except ValueError:
+    budget = -1
+  if not (budget > 0 and math.isfinite(budget)):
+    raise argparse.ArgumentTypeError(
+        f"'{text}' is not a budget (a positive number of env steps)")
+  return budget
 
 
 def check_agg(text):

@@ -153,11 +153,13 @@ class Replay:
       self._loaded_episodes += 1
       self._enforce_capacity()
 
-  def dataset(self, batch, length):
+  def dataset(self, batch, length, prefetch=4):
     """Batches of chunks of `length` steps: dicts of [batch, length, ...].
 
     Row b+1 of a batch continues the stream of sequences where row b ends, as
-    batching consecutive chunks of the original did.
+    batching consecutive chunks of the original did. `prefetch` batches are
+    sampled ahead in a thread of tf.data's; with 0 each batch is sampled when
+    it is asked for, from the episodes stored by then (reproducible runs).
     """
     import tensorflow as tf
     with self._lock:
@@ -180,7 +182,7 @@ class Replay:
     dataset = tf.data.Dataset.from_generator(
         lambda: self._generate_batches(batch, length, list(signature)),
         output_signature=signature)
-    return dataset.prefetch(4)
+    return dataset.prefetch(prefetch) if prefetch else dataset
 
   def _generate_batches(self, batch, length, keys):
     # Sequences are laid end to end and cut into chunks of `length`; a chunk

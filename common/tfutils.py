@@ -176,13 +176,18 @@ def assign_add(var, value):
 _STRATEGY = {}
 
 
-def strategy(strategy='none', cpu_devices=0):
+def strategy(strategy='none', cpu_devices=0, peer_timeout=60):
   """The tf.distribute strategy of `distribute.strategy` (one per process:
   logical devices can be set up only before TensorFlow first runs), or None
   for 'none'. mirrored: MirroredStrategy over the GPUs, or over `cpu_devices`
   logical CPU devices when given; multi_worker: MultiWorkerMirroredStrategy
-  from the TF_CONFIG environment variable, one process per host."""
-  kind = strategy
+  from the TF_CONFIG environment variable, one process per host.
+
+  multi_worker: TensorFlow's health check pings every peer and aborts this
+  process's collectives when one stays unreachable; it is set so that a dead
+  peer is noticed within about `peer_timeout` seconds (a check every quarter
+  of it, each waiting a quarter of it, three tries)."""
+  kind = choices.check('distribute.strategy', strategy, choices.DISTRIBUTE)
   if kind == 'none':
     return None
   if kind in _STRATEGY:
@@ -202,11 +207,13 @@ def strategy(strategy='none', cpu_devices=0):
     devices = [f'/cpu:{i}' for i in range(cpu_devices)]
   if kind == 'mirrored':
     result = tf.distribute.MirroredStrategy(devices)
-  elif kind == 'multi_worker':
+  else:  # multi_worker
+    from tensorflow.python.distribute import collective_all_reduce_strategy
+    extended = collective_all_reduce_strategy.CollectiveAllReduceExtended
+    extended._check_health_interval = max(1, int(peer_timeout / 4))
+    extended._check_health_timeout = max(1, int(peer_timeout / 4))
+    extended._check_health_retry_limit = 3
     result = tf.distribute.MultiWorkerMirroredStrategy()
-  else:
-    raise ValueError(f'distribute.strategy {kind!r} is not one of: '
-                     f'{", ".join(choices.DISTRIBUTE)}')
   _STRATEGY[kind] = result
   return result
 
@@ -340,7 +347,8 @@ def load_checkpoint(module, path, select=None):
   """Restores what `save_checkpoint` wrote; `select(name)` limits which
   variables are restored (all by default). A checkpoint from a model of other
   sizes raises CheckpointMismatch naming the differing variables, an
-  unreadable file CheckpointUnreadable; either way nothing is assigned."""
+  unreadable file CheckpointUnreadable; either way nothing is assigned.
+  Returns the checkpoint's {name: value}."""
   values = read_checkpoint(path)
   named = named_variables(module)
   if select:
@@ -351,8 +359,9 @@ def load_checkpoint(module, path, select=None):
   no_bias = [n for n in missing if n.endswith('cell/dense/bias')]
   if no_bias:
     raise CheckpointMismatch(
-        f'checkpoint {path} was saved before the GRU had its bias ({no_bias[0]} '
-        f'is not in it; docs/faithfulness.md): this version cannot load it, '
+        f'checkpoint {path} was saved before the GRU had its bias '
+        f'({no_bias[0]} is not in it; docs/faithfulness.md): this version '
+        f'cannot load it, '
         f'start the run afresh in a new logdir')
   shapes = [(n, values[n].shape, tuple(v.shape)) for n, v in named.items()
             if n in values and values[n].shape != tuple(v.shape)]
@@ -370,3 +379,4 @@ def load_checkpoint(module, path, select=None):
         f'(were model sizes changed?): ' + '; '.join(lines) + more)
   for name, var in named.items():
     var.assign(values[name])
+  return values

@@ -2,6 +2,7 @@
 checkpoint file (a pickled {name: array}) without TensorFlow, and the Ctrl-C
 handler of the training scripts."""
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -158,3 +159,17 @@ def restore_handlers(handlers):
   """Puts back what install_stop_handler returned."""
   for sig, handler in (handlers or {}).items():
     signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def ignore_sigint():
+  """Processes started inside ignore SIGINT: a terminal's Ctrl-C reaches the
+  whole process group, and the env processes must wait for close()."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)

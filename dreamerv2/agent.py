@@ -2,8 +2,6 @@
 the agent that acts with them. The agent does not know where data comes from:
 `train(data)` takes a batch of sequences, `policy(obs, state)` one step."""
 
-import contextlib
-
 import tensorflow as tf
 
 from common import choices
@@ -24,19 +22,7 @@ class Agent(tf.Module):
     # its compute dtype, whatever the process-wide default (nets.compute_in).
     # `dtype` overrides it (tests: float16 as on a GPU).
     self.dtype = dtype or nets.dtype_for(config.precision)
-    # Data parallel with config.distribute: the variables are mirrored over
-    # the strategy's replicas, and `train` runs on each replica's part of
-    # the batch (see tfutils, "Data parallelism").
-    self.strategy = tfutils.strategy(**config.distribute)
-    self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
-    if config.dataset.batch % self.replicas:
-      raise ValueError(
-          f'dataset.batch {config.dataset.batch} does not divide among the '
-          f'{self.replicas} replicas of distribute.strategy '
-          f'{config.distribute.strategy}: use a multiple of {self.replicas}')
-    self.stopped = False  # Multi-worker: the chief's last update was seen.
-    scope = self.strategy.scope() if self.strategy else contextlib.nullcontext()
-    with nets.compute_in(self.dtype), scope:
+    with nets.compute_in(self.dtype):
       self._build(config, obs_space, act_space)
 
   def _build(self, config, obs_space, act_space):
@@ -44,11 +30,15 @@ class Agent(tf.Module):
     self.config = config
     self.act_space = act_space['action']
     self.discrete = bool(getattr(self.act_space, 'discrete', False))
+    # The parts of an action of several (envs.ActionParts), else None; the
+    # behaviours take them in place of `discrete`.
+    self.parts = action_parts(getattr(self.act_space, 'parts', None))
+    kinds = self.parts or self.discrete
     self.tfstep = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.wm = WorldModel(
         config, obs_space, self.act_space.shape[0], self.tfstep)
     self._task_behavior = ActorCritic(
-        config, self.act_space.shape[0], self.discrete, self.wm.feat_size,
+        config, self.act_space.shape[0], kinds, self.wm.feat_size,
         self.tfstep)
     behavior = choices.EXPL_BEHAVIORS[config.expl_behavior]
     if behavior is None:
@@ -57,11 +47,13 @@ class Agent(tf.Module):
       self._expl_behavior = {
           'random': expl.Random, 'plan2explore': expl.Plan2Explore,
           'model_loss': expl.ModelLoss,
-      }[behavior](config, self.act_space.shape[0], self.discrete, self.wm,
+      }[behavior](config, self.act_space.shape[0], kinds, self.wm,
                   self.tfstep, self._task_reward)
     self._obs_keys = sorted(
         set(self.wm.encoder.cnn_keys + self.wm.encoder.mlp_keys))
-    self._update = self._train  # Unwrapped: strategy.run traces it itself.
+    # The update uncompiled: dreamerv2/distribute.py compiles it for data
+    # parallelism itself.
+    self.update = self._train
     if config.jit:
       # No autograph: the loops are over Python ranges and branches use tf.cond,
       # so there is nothing to convert, and converting costs tracing time.
@@ -69,8 +61,6 @@ class Agent(tf.Module):
       self._policy = tf.function(self._policy, **jit)
       self._train = tf.function(self._train, **jit)
       self._report = tf.function(self._report, **jit)
-    if self.strategy:
-      self._train_replicas = tf.function(self._train_replicas, autograph=False)
 
   def initial_state(self, batch):
     with nets.compute_in(POLICY_DTYPE):
@@ -82,9 +72,7 @@ class Agent(tf.Module):
     """obs: dict of arrays [N, ...] with the encoder's keys and `is_first`;
     mode: 'train' (sample), 'eval' (actor mode), 'explore' (exploration actor).
     Returns ({'action': [N, A]}, state)."""
-    if mode not in ('train', 'eval', 'explore'):
-      raise ValueError(
-          f'policy mode must be train, eval or explore, got {mode!r}')
+    choices.check('policy mode', mode, choices.POLICY_MODES)
     obs = {k: obs[k] for k in self._obs_keys + ['is_first']}
     if state is None:
       state = self.initial_state(len(obs['is_first']))
@@ -108,73 +96,18 @@ class Agent(tf.Module):
     else:
       action = self._task_behavior.actor(feat).sample()
       noise = self.config.expl_noise
-    action = action_noise(action, noise, self.discrete)
-    action = tf.cast(action, nets.compute_dtype())
-    return {'action': tf.cast(action, tf.float32)}, (latent, action)
+    action = action_noise(action, noise, self.discrete, self.parts)
+    action = tf.cast(action, POLICY_DTYPE)
+    return {'action': action}, (latent, action)
 
-  def train(self, data, step=None, stop=False):
+  def train(self, data, step=None):
     """One update of the world model, the actor-critic and (if set) the
-    exploration behaviour on a batch of sequences [B, T, ...] (distributed:
-    what `dataset` yields). step: the agent step the schedules read. stop:
-    multi-worker, the chief's last update, after which `stopped` turns True
-    on every worker."""
+    exploration behaviour on a batch of sequences [B, T, ...]. step: the
+    agent step the schedules read."""
     with nets.compute_in(self.dtype):
-      if not self.strategy:
-        if step is not None:
-          self.tfstep.assign(step)
-        return self._train(data)
-      step = int(self.tfstep.numpy()) if step is None else step
-      metrics, stopped = self._train_replicas(
-          data, tf.constant(step, tf.int64), tf.constant(int(stop), tf.int64))
-      self.stopped = bool(stopped)
-      return metrics
-
-  def _train_replicas(self, data, step, stop):
-    """The update on every replica; the step and stop flag are the first
-    replica's (the chief's), and the metrics the mean over replicas."""
-    def replica(data, step, stop):
-      context = tf.distribute.get_replica_context()
-      first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.int64)
-      shared = context.all_reduce(
-          tf.distribute.ReduceOp.SUM, tf.stack([step, stop]) * first)
-      tfutils.assign(self.tfstep, shared[0])
-      # Replicas may run in threads of their own: the dtype is per thread.
-      with nets.compute_in(self.dtype):
-        return self._update(data), shared[1]
-    metrics, stopped = self.strategy.run(replica, args=(data, step, stop))
-    mean = tf.distribute.ReduceOp.MEAN
-    metrics = {k: self.strategy.reduce(mean, v, axis=None)
-               for k, v in metrics.items()}
-    return metrics, self.strategy.experimental_local_results(stopped)[0]
-
-  def dataset(self, make):
-    """An iterator of batches for `train`. make(batch) -> a tf.data.Dataset of
-    batches [batch, T, ...]; distributed, each replica draws dataset.batch /
-    replicas sequences from its own pipeline."""
-    batch = self.config.dataset.batch
-    if not self.strategy:
-      return iter(make(batch))
-    return iter(self.strategy.distribute_datasets_from_function(
-        lambda context: make(context.get_per_replica_batch_size(batch))))
-
-  def sync(self):
-    """Multi-worker: every worker takes the chief's variables (after the
-    chief restored a checkpoint); nothing otherwise. Every worker calls it."""
-    if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-      return
-    variables = list(tfutils.named_variables(self).values())
-
-    @tf.function(autograph=False)
-    def broadcast():
-      def replica():
-        context = tf.distribute.get_replica_context()
-        first = tf.equal(context.replica_id_in_sync_group, 0)
-        for var in variables:
-          mine = tf.where(first, var.read_value(), tf.zeros_like(var))
-          tfutils.assign(
-              var, context.all_reduce(tf.distribute.ReduceOp.SUM, mine))
-      self.strategy.run(replica)
-    broadcast()
+      if step is not None:
+        self.tfstep.assign(step)
+      return self._train(data)
 
   def _train(self, data):
     metrics = {}
@@ -195,12 +128,6 @@ class Agent(tf.Module):
   def report(self, data):
     """Open-loop video: 5 context frames, then the model imagines the rest
     from the actions alone. Rows: truth / model / error. uint8 [T, H, W, C]."""
-    if self.strategy and not isinstance(data, dict):
-      data = self.strategy.experimental_local_results(data)[0]
-    elif self.strategy:
-      # A distributed batch: this host's first replica's part.
-      data = {k: self.strategy.experimental_local_results(v)[0]
-              for k, v in data.items()}
     with nets.compute_in(self.dtype):
       return self._report(data)
 
@@ -353,19 +280,30 @@ class ActorCritic(tf.Module):
 
   def __init__(self, config, action_size, discrete, feat_size, tfstep,
                name='actor_critic'):
+    """discrete: whether the actions are one-hot, or the parts of an action
+    of several, ((name, kind, size), ...) as in envs.ActionParts."""
     super().__init__(name=name)
     self.config = config
     self.tfstep = tfstep
     actor = dict(config.actor)
-    if actor['dist'] == 'auto':
+    parts = action_parts(discrete)
+    if parts:
+      # One head per part: onehot for the discrete ones, actor.dist for the
+      # continuous ones.
+      actor['dist'] = _continuous_dist(actor['dist'], parts)
+      actor['parts'] = parts
+      discrete = any(kind == 'discrete' for _, kind, _ in parts)
+    elif actor['dist'] == 'auto':
       actor['dist'] = 'onehot' if discrete else 'trunc_normal'
-    self.actor_grad = config.actor_grad
+    self.actor_grad = choices.check(
+        'actor_grad', config.actor_grad, choices.ACTOR_GRADS)
     if self.actor_grad == 'auto':
+      # Reinforce when any part is discrete, as the original for discrete
+      # actions: the dynamics gradient through a one-hot sample is its
+      # straight-through estimate, which is biased, while REINFORCE on the
+      # joint log-probability is unbiased for every part (actor_grad
+      # dynamics or both can still be set).
       self.actor_grad = 'reinforce' if discrete else 'dynamics'
-    if self.actor_grad not in choices.ACTOR_GRADS:
-      raise ValueError(
-          f'actor_grad must be one of {", ".join(choices.ACTOR_GRADS)}, '
-          f'got {self.actor_grad!r}')
     self.actor = nets.MLP(feat_size, action_size, **actor)
     self.critic = nets.MLP(feat_size, [], **config.critic)
     if config.slow_target:
@@ -504,13 +442,19 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_):
   return tf.stack(returns[::-1], 0)
 
 
-def action_noise(action, amount, discrete):
+def action_noise(action, amount, discrete, parts=None):
   """With `amount` > 0: for one-hot actions, a uniformly random action with
   probability `amount`; for continuous ones, Gaussian noise, clipped to
-  [-1, 1]."""
+  [-1, 1]. With `parts` ((name, kind, size), ...), so for each part on its
+  own block."""
   if amount == 0:
     return action
   action = tf.cast(action, tf.float32)
+  if parts:
+    blocks = tf.split(action, [size for _, _, size in parts], -1)
+    return tf.concat([
+        action_noise(block, amount, kind == 'discrete')
+        for block, (_, kind, _) in zip(blocks, parts)], -1)
   if discrete:
     random = tf.one_hot(tf.random.uniform(
         tf.shape(action)[:-1], 0, action.shape[-1], tf.int32), action.shape[-1])
@@ -518,6 +462,32 @@ def action_noise(action, amount, discrete):
     return tf.where(pick[..., None], random, action)
   return tf.clip_by_value(
       action + amount * tf.random.normal(tf.shape(action)), -1, 1)
+
+
+def action_parts(discrete):
+  """The parts ((name, kind, size), ...) of an action of several parts
+  given where a behaviour takes `discrete` (or envs.ActionParts.parts);
+  None for a bool or None (an action of one part)."""
+  if discrete is None or isinstance(discrete, (bool, int)):
+    return None
+  return tuple((str(name), str(kind), int(size))
+               for name, kind, size in discrete)
+
+
+CONTINUOUS_DISTS = ('trunc_normal', 'tanh_normal', 'normal')
+
+
+def _continuous_dist(dist, parts):
+  """actor.dist for the continuous parts: 'auto' is trunc_normal; with a
+  continuous part, it must be a continuous distribution."""
+  if dist == 'auto':
+    return 'trunc_normal'
+  continuous = [name for name, kind, _ in parts if kind == 'continuous']
+  if continuous and dist not in CONTINUOUS_DISTS:
+    raise ValueError(
+        f"actor.dist {dist!r} cannot act on the continuous action part "
+        f"{continuous[0]!r}: use auto or one of {', '.join(CONTINUOUS_DISTS)}")
+  return dist
 
 
 class _StackedDist:

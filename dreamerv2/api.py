@@ -19,28 +19,41 @@ Supported spaces: observations that are a uint8 Box [H, W, C] or [H, W]
 (images, resized to `render_size`, 64x64, by nearest neighbour as the
 original api does, and said so when it starts), a Box with 0 or 1 dimensions
 (vectors), or a Dict of those; actions Discrete (the agent picks one-hot
-vectors) or a 1-D Box (normalised to [-1, 1] where the bounds are finite).
-Other spaces raise envs.UnsupportedSpace before anything runs.
+vectors), a 1-D Box (normalised to [-1, 1] where the bounds are finite),
+MultiDiscrete (one one-hot head per dimension) or a Dict of those (one head
+per part; the env gets its dict back). Other spaces raise
+envs.UnsupportedSpace before anything runs.
 
-`train` runs the loop of dreamerv2/train.py: random prefill, then act, store
+`train` runs the loop of dreamerv2/loop.py: random prefill, then act, store
 and learn, writing metrics.jsonl, TensorBoard events, the episodes and the
-checkpoint to config.logdir, from which a second call resumes. The env is
-stepped as given: `action_repeat` only scales the logged step, `time_limit`
-(agent steps, 0 = the env's own) ends episodes, and `envs` and
-`envs_parallel` are not used. With an `eval_env`, every `eval_every` steps
-`eval_eps` episodes run with the eval policy. Ctrl-C (in the main thread)
-stops after the current step and saves the checkpoint. train() closes the
-envs when it returns.
+checkpoint to config.logdir, from which a second call resumes. Ctrl-C (in
+the main thread) stops after the current step and saves the checkpoint.
+train() closes the envs when it returns.
+
+Two forms. `train(env, config)` with a gymnasium env steps that one env as
+given: `action_repeat` only scales the logged step, `time_limit` (agent
+steps, 0 = the env's own) ends episodes, `envs` and `envs_parallel` are not
+used, and with an `eval_env` every `eval_every` steps `eval_eps` episodes run
+with the eval policy. `train(make_env, config)` with a function of no
+arguments that returns a new gymnasium env builds the envs as train.py does
+for a task: `envs` train envs and min(envs, eval_eps) eval envs (seeded
+apart), in `envs_parallel` (with 'process' the function travels to the
+child with cloudpickle, so a lambda works), each with `action_repeat`
+(summed rewards, the last observation) and `time_limit`.
 """
 
 import collections.abc
 import functools
+import pickle
 
+import gymnasium
 import numpy as np
 
 from common import config as config_lib
 from common import envs as envs_lib
-from dreamerv2 import train as train_lib
+from common import rundir
+from dreamerv2 import build
+from dreamerv2 import loop
 
 
 def defaults():
@@ -49,14 +62,15 @@ def defaults():
 
 
 def train(env, config, outputs=None, eval_env=None):
-  """Trains on a gymnasium env until config.steps agent steps.
+  """Trains on a gymnasium env, or on the envs a function of no arguments
+  makes (see the module docstring), until config.steps agent steps.
 
   config: a Config (e.g. `defaults().update({...})`) or a mapping of keys
   that update the defaults; config.logdir is required. outputs: the
   logger's outputs (default: common.logger TerminalOutput, JSONLOutput and
   TensorBoardOutput). eval_env: an optional second gymnasium env for
   evaluation. Raises envs.UnsupportedSpace for spaces the agent cannot use
-  and train.ConfigError for values that cannot work (a bad choice, an
+  and config.ConfigError for values that cannot work (a bad choice, an
   unwritable logdir, a checkpoint of other model sizes).
   """
   if not isinstance(config, config_lib.Config):
@@ -64,21 +78,70 @@ def train(env, config, outputs=None, eval_env=None):
       raise TypeError(
           f'config must be a Config or a mapping, got {type(config).__name__}')
     config = defaults().update(config)
+  if not isinstance(env, gymnasium.Env) and callable(env):
+    build.check_config(config)
+    rundir.prepare(config.logdir)
+    loop.run(config, functools.partial(_factory_envs, env, config, eval_env),
+             outputs, envs_of_task=False)
+    return
   size = tuple(config.render_size)
   train_env = envs_lib.from_gym(
       env, seed=config.seed, time_limit=config.time_limit, size=size)
   eval_envs = []
   if eval_env is not None:
     eval_envs.append(envs_lib.from_gym(
-        eval_env, seed=config.seed + 1000, time_limit=config.time_limit,
+        eval_env, seed=config.seed + build.EVAL_SEED,
+        time_limit=config.time_limit,
         size=size))
   resized = resized_images(env, train_env)
   if resized:
     print(f'Images resized to {size[0]}x{size[1]} (nearest neighbour, as the '
           f'original api): {resized}')
-  train_lib.check_config(config)
-  train_lib.prepare_logdir(config.logdir)
-  train_lib.run(config, lambda: ([train_env], eval_envs), outputs, task=False)
+  build.check_config(config)
+  rundir.prepare(config.logdir)
+  loop.run(config, lambda: ([train_env], eval_envs), outputs,
+           envs_of_task=False)
+
+
+def _factory_envs(make_env, config, eval_env=None):
+  """(train envs, eval envs) made by `make_env`, as build.make_task_envs
+  makes a task's."""
+  ctor = _Portable(make_env) if config.envs_parallel == 'process' else make_env
+  def envs(count, offset, mode):
+    return [envs_lib.Parallel(
+        functools.partial(_gym_env, ctor, config, config.seed + offset + i),
+        config.envs_parallel, name=f'{mode} env {i}') for i in range(count)]
+  train_envs = envs(config.envs, 0, 'train')
+  if eval_env is not None:
+    return train_envs, [envs_lib.from_gym(
+        eval_env, seed=config.seed + build.EVAL_SEED,
+        time_limit=config.time_limit, size=tuple(config.render_size))]
+  return train_envs, envs(
+      min(config.envs, config.eval_eps), build.EVAL_SEED, 'eval')
+
+
+def _gym_env(make_env, config, seed):
+  """One interface env of a gym env from `make_env`, with the run's action
+  repeat, time limit and image size."""
+  env = envs_lib.from_gym(
+      make_env(), seed=seed, size=tuple(config.render_size))
+  if config.action_repeat != 1:
+    env = envs_lib.ActionRepeat(env, config.action_repeat)
+  if config.time_limit:
+    env = envs_lib.TimeLimit(env, config.time_limit)
+  return env
+
+
+class _Portable:
+  """A function pickled with cloudpickle, so that lambdas and closures
+  travel to an env process."""
+
+  def __init__(self, function):
+    import cloudpickle
+    self._data = cloudpickle.dumps(function)
+
+  def __call__(self):
+    return pickle.loads(self._data)()
 
 
 def load(logdir, checkpoint=None, seed=None):
@@ -93,31 +156,23 @@ def load(logdir, checkpoint=None, seed=None):
 
   checkpoint: a file (default: the run's newest, variables.pkl). seed: seeds
   TensorFlow's random ops (the latent samples), for repeatable episodes.
-  Raises train.ConfigError for a logdir without config or checkpoint, or a
+  Raises config.ConfigError for a logdir without config or checkpoint, or a
   checkpoint that does not fit the run's model.
   """
-  config, spaces = train_lib.load_run(logdir)
-  path = train_lib.find_checkpoint(logdir, checkpoint)
-  step = train_lib.checkpoint_step(path)
+  config, spaces = rundir.load(logdir)
+  path = rundir.find_checkpoint(logdir, checkpoint)
   if spaces is None:  # A run from before spaces.pkl: its task tells them.
-    env = make_env(config)
-    spaces = {'obs_space': env.obs_space, 'act_space': env.act_space,
-              'task': True}
-    env.close()
+    obs_space, act_space = build.task_spaces(config)
+    spaces = {'obs_space': obs_space, 'act_space': act_space, 'task': True}
   import tensorflow as tf
-  from common import tfutils
   if seed is not None:
     tf.random.set_seed(seed)
-  agent = train_lib.build_agent(
-      config, spaces['obs_space'], spaces['act_space'])
-  try:
-    tfutils.load_checkpoint(agent, path)
-  except (tfutils.CheckpointMismatch, tfutils.CheckpointUnreadable) as e:
-    raise train_lib.ConfigError(str(e)) from None
-  return Trained(agent, config, spaces, path, step)
+  agent = build.agent(config, spaces['obs_space'], spaces['act_space']).agent
+  step = rundir.load_weights(agent, path)
+  return LoadedAgent(agent, config, spaces, path, step)
 
 
-class Trained:
+class LoadedAgent:
   """A loaded agent: `policy` acts on the run's observations; `config`,
   `checkpoint`, `step` (agent steps) and `frames` say what was loaded."""
 
@@ -148,13 +203,13 @@ def make_env(logdir_or_config, mode='eval', seed=None, task=None):
   task: another task with the same spaces."""
   config = logdir_or_config
   if not isinstance(config, config_lib.Config):
-    config, _ = train_lib.load_run(config)
+    config, _ = rundir.load(config)
   if task:
     config = config.update({'task': task})
-  seed = config.seed + 2000 if seed is None else seed
-  strategy = 'process' if config.task.startswith('dmc_') else 'none'
+  seed = config.seed + build.LOAD_SEED if seed is None else seed
+  strategy, _ = envs_lib.where_to_run(config.task, 'none')
   return envs_lib.Parallel(
-      functools.partial(train_lib.make_env, config, mode, seed), strategy)
+      functools.partial(build.make_env, config, mode, seed), strategy)
 
 
 def resized_images(gym_env, env):

@@ -25,10 +25,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import numpy as np
 
+from common import driver as driver_lib
 from common import envs as envs_lib
 from common import logger as logger_lib
+from common import rundir
 from common import utils
-from dreamerv2 import train as train_lib
+from common.config import ConfigError
+from dreamerv2 import build
 
 VIDEO_FRAMES = 1000  # A GIF holds an episode's first 1000 frames at most.
 
@@ -51,7 +54,7 @@ def parse(argv):
                            '(default: the run\'s)')
   parser.add_argument('--seed', type=int, default=None,
                       help='env and sampling seed '
-                           '(default: the run\'s seed + 2000)')
+                           f'(default: the run\'s seed + {build.LOAD_SEED})')
   return parser.parse_args(argv)
 
 
@@ -64,70 +67,62 @@ def check_spaces(run_spaces, env, task):
     if (key not in have or have[key].shape != space.shape
         or have[key].dtype != space.dtype):
       got = f'{have[key].shape} {have[key].dtype}' if key in have else 'none'
-      raise train_lib.ConfigError(
+      raise ConfigError(
           f'task {task} has other observations than the run: {key} is '
           f'{space.shape} {space.dtype} there, {got} here')
   want, have = run_spaces['act_space']['action'], env.act_space['action']
-  if want.shape != have.shape or getattr(want, 'discrete', False) != getattr(
-      have, 'discrete', False):
-    raise train_lib.ConfigError(
+  kind = lambda space: (getattr(space, 'discrete', False),
+                        getattr(space, 'parts', None))
+  if want.shape != have.shape or kind(want) != kind(have):
+    raise ConfigError(
         f'task {task} has other actions than the run: {want} there, '
         f'{have} here')
 
 
 def main(argv=None):
   args = parse(argv)
+  with build.exit_on_errors():
+    evaluate(args)
+
+
+def evaluate(args):
+  """Checks the run, the task and the checkpoint before TensorFlow loads,
+  then loads the agent once and runs the episodes."""
+  if args.episodes < 1:
+    raise ConfigError(f'--episodes must be at least 1, got {args.episodes}')
+  if args.videos < 0:
+    raise ConfigError(f'--videos must be 0 or more, got {args.videos}')
+  logdir = pathlib.Path(args.logdir).expanduser()
+  config, spaces = rundir.load(logdir)
+  if spaces is not None and not spaces['task']:
+    raise ConfigError(
+        f'{logdir} was trained through api.train on a Python env: load it '
+        f'with api.load and run it on that env')
+  task = args.task or config.task
+  with build.mujoco_rendering_off():
+    envs_lib.check_task(task, config.gym_kwargs)
+  checkpoint = rundir.find_checkpoint(logdir, args.checkpoint)
+  seed = config.seed + build.LOAD_SEED if args.seed is None else args.seed
+  from dreamerv2 import api
   try:
-    if args.episodes < 1:
-      raise train_lib.ConfigError(
-          f'--episodes must be at least 1, got {args.episodes}')
-    if args.videos < 0:
-      raise train_lib.ConfigError(
-          f'--videos must be 0 or more, got {args.videos}')
-    logdir = pathlib.Path(args.logdir).expanduser()
-    config, spaces = train_lib.load_run(logdir)
-    if spaces is not None and not spaces['task']:
-      raise train_lib.ConfigError(
-          f'{logdir} was trained through api.train on a Python env: load it '
-          f'with api.load and run it on that env')
-    task = args.task or config.task
-    with train_lib.mujoco_rendering_off():
-      envs_lib.check_task(task)
-    checkpoint = train_lib.find_checkpoint(logdir, args.checkpoint)
-    step = train_lib.checkpoint_step(checkpoint)
-    frames = step * config.action_repeat
-    seed = config.seed + 2000 if args.seed is None else args.seed
-    from dreamerv2 import api
-    try:
-      env = api.make_env(config, 'eval', seed, task)
-    except ValueError as e:
-      raise train_lib.ConfigError(
-          f'cannot build task {task} with the run\'s settings: {e}') from None
+    env = api.make_env(config, 'eval', seed, task)
+  except ValueError as e:
+    raise ConfigError(
+        f'cannot build task {task} with the run\'s settings: {e}') from None
+  try:
     if spaces is not None:
-      try:
-        check_spaces(spaces, env, task)
-      except train_lib.ConfigError:
-        env.close()
-        raise
-  except (train_lib.ConfigError, envs_lib.UnknownTask,
-          envs_lib.MissingPackage) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  outdir = pathlib.Path(
-      args.outdir or logdir / 'eval' / str(frames)).expanduser()
-  try:
+      check_spaces(spaces, env, task)
     agent = api.load(logdir, checkpoint, seed)
+    outdir = pathlib.Path(
+        args.outdir or logdir / 'eval' / str(agent.frames)).expanduser()
     results = run_episodes(agent, env, args, outdir)
-  except train_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   finally:
     env.close()
   returns = np.array([r['return'] for r in results])
   report = {
       'run': str(logdir), 'task': task, 'checkpoint': str(checkpoint),
-      'step': frames, 'agent_step': step, 'policy': args.policy, 'seed': seed,
-      'episodes': results, 'mean': float(returns.mean()),
+      'step': agent.frames, 'agent_step': agent.step, 'policy': args.policy,
+      'seed': seed, 'episodes': results, 'mean': float(returns.mean()),
       'std': float(returns.std()), 'min': float(returns.min()),
       'max': float(returns.max()),
       'command': ' '.join(['python3', 'dreamerv2/eval.py'] + sys.argv[1:]),
@@ -138,35 +133,34 @@ def main(argv=None):
 
 
 def run_episodes(agent, env, args, outdir):
-  """Runs args.episodes episodes; prints a progress line after each."""
+  """Runs args.episodes episodes with the Driver; prints a progress line
+  after each."""
   outdir.mkdir(parents=True, exist_ok=True)
-  mode = {'eval': 'eval', 'train': 'train'}[args.policy]
   print(f'Evaluating {agent.checkpoint} (step {agent.frames} frames) with the '
         f'{args.policy} policy for {args.episodes} episodes into {outdir}',
         flush=True)
   results, start = [], time.time()
-  for index in range(args.episodes):
-    obs, state = env.reset(), None
-    total, length, frames = 0.0, 0, [obs['image']] if 'image' in obs else None
-    while not obs['is_last']:
-      action, state = agent.policy(obs, state, mode)
-      obs = env.step(action)
-      total += float(obs['reward'])
-      length += 1
-      if (frames is not None and index < args.videos
-          and len(frames) < VIDEO_FRAMES):
-        frames.append(obs['image'])
-    result = {'return': total, 'length': length}
-    if frames is not None and index < args.videos:
+
+  def on_episode(episode, worker):
+    index = len(results)
+    result = {'return': float(episode['reward'].astype(np.float64).sum()),
+              'length': len(episode['reward']) - 1}
+    if 'image' in episode and index < args.videos:
       path = outdir / f'episode-{index}.gif'
-      gif = logger_lib.encode_gif(np.stack(frames), 20)
+      gif = logger_lib.encode_gif(episode['image'][:VIDEO_FRAMES], 20)
       utils.atomic_write(path, lambda f: f.write(gif))
       result['video'] = str(path)
     results.append(result)
     spent = time.time() - start
-    left = spent / (index + 1) * (args.episodes - index - 1)
-    print(f'Episode {index + 1}/{args.episodes}: return {total:.1f}, length '
-          f'{length} · {logger_lib.format_duration(left)} left', flush=True)
+    left = spent / len(results) * (args.episodes - len(results))
+    print(f'Episode {len(results)}/{args.episodes}: return '
+          f'{result["return"]:.1f}, length {result["length"]} · '
+          f'{logger_lib.format_duration(left)} left', flush=True)
+
+  driver = driver_lib.Driver([env])
+  driver.on_episode(on_episode)
+  driver(lambda obs, state: agent.policy(obs, state, args.policy),
+         episodes=args.episodes)
   return results
 
 

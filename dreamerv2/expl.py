@@ -9,6 +9,7 @@ import math
 
 import tensorflow as tf
 
+from common import choices
 from common import dists
 from common import nets
 from common import tfutils
@@ -16,13 +17,22 @@ from dreamerv2 import agent
 
 
 class Random(tf.Module):
+  """Uniform actions: one-hot or in [-1, 1], per part for an action of
+  several parts (`discrete` holds them then, see agent.ActorCritic)."""
 
   def __init__(self, config, action_size, discrete, wm, tfstep, reward):
     super().__init__(name='random')
     self._size, self._discrete = action_size, discrete
+    self._parts = agent.action_parts(discrete)
 
   def actor(self, feat):
-    shape = tf.concat([tf.shape(feat)[:-1], [self._size]], 0)
+    batch = tf.shape(feat)[:-1]
+    if self._parts:
+      return dists.Parts(
+          [dists.Uniform(tf.concat([batch, [size]], 0), kind == 'discrete')
+           for _, kind, size in self._parts],
+          [size for _, _, size in self._parts])
+    shape = tf.concat([batch, [self._size]], 0)
     return dists.Uniform(shape, self._discrete)
 
   def train(self, start, context, data):
@@ -42,15 +52,11 @@ class Plan2Explore(tf.Module):
         config, action_size, discrete, wm.feat_size, tfstep,
         name='expl_actor_critic')
     self.actor = self.ac.actor
-    stoch = wm.rssm.stoch_size
+    choices.check('disag_target', config.disag_target, choices.DISAG_TARGETS)
     size = {
-        'embed': wm.encoder.embed_size, 'stoch': stoch,
+        'embed': wm.encoder.embed_size, 'stoch': wm.rssm.stoch_size,
         'deter': config.rssm.deter, 'feat': wm.feat_size,
-    }.get(config.disag_target)
-    if size is None:
-      raise ValueError(
-          f'disag_target must be embed, stoch, deter or feat, got '
-          f'{config.disag_target!r}')
+    }[config.disag_target]
     inp = wm.feat_size + (action_size if config.disag_action_cond else 0)
     head = dict(config.expl_head)
     if head.pop('dist', 'mse') != 'mse':
@@ -152,8 +158,7 @@ class Ensemble(tf.Module):
   def __init__(self, members, inp, out, layers, units, act='elu',
                norm='none'):
     super().__init__(name='ensemble')
-    if norm not in ('none', 'layer'):
-      raise ValueError(f'expl_head.norm must be none or layer, got {norm!r}')
+    choices.check('expl_head.norm', norm, choices.NORMS)
     self.kernels, self.biases, self.scales, self.offsets = [], [], [], []
     sizes = [inp] + [units] * layers + [out]
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

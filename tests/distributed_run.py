@@ -47,8 +47,12 @@ def main():
          else H.obs_space(image=(64, 64, 1), vector=5))
   act = H.act_space(True, 3)
   tf.random.set_seed(0)
-  agent = agent_lib.Agent(
-      config, obs, act, dtype=tf.float16 if float16 else None)
+  from dreamerv2 import distribute
+  learner = distribute.Learner(
+      lambda: agent_lib.Agent(
+          config, obs, act, dtype=tf.float16 if float16 else None),
+      distribute.make_strategy(config))
+  agent, strategy = learner.agent, learner.strategy
   batches = []
   for i in range(updates):
     batch = {k: v.numpy() for k, v in H.batch(obs, act, 4, 6, seed=10 + i,
@@ -56,7 +60,7 @@ def main():
     if corrupt and i == 0:
       batch['state'][2:] = 1e4
     batches.append(batch)
-  if agent.strategy:
+  if strategy:
     context_batches = lambda start, size: [
         {k: v[start:start + size] for k, v in b.items()} for b in batches]
 
@@ -69,20 +73,21 @@ def main():
       rows = [parts[r][i] for i in range(updates) for r in range(local)]
       return tf.data.Dataset.from_tensor_slices(
           {k: np.stack([row[k] for row in rows]) for k in rows[0]})
-    data = iter(agent.strategy.distribute_datasets_from_function(make))
+    data = iter(strategy.distribute_datasets_from_function(make))
   else:
     data = iter([{k: tf.constant(v) for k, v in b.items()} for b in batches])
   metrics = []
   for i in range(updates):
     metrics.append({k: float(v)
-                    for k, v in agent.train(next(data), step=i).items()})
+                    for k, v in learner.train(next(data), step=i).items()})
   values = {}
   for name, var in tfutils.named_variables(agent).items():
-    copies = (agent.strategy.experimental_local_results(var)
-              if agent.strategy else [var])
+    copies = (strategy.experimental_local_results(var)
+              if strategy else [var])
     values[name] = np.stack([np.asarray(c.numpy()) for c in copies])
   np.savez(out, **{f'var:{k}': v for k, v in values.items()},
-           metrics=json.dumps(metrics), replicas=agent.replicas)
+           metrics=json.dumps(metrics),
+           replicas=strategy.num_replicas_in_sync if strategy else 1)
 
 
 if __name__ == '__main__':

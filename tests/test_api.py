@@ -165,7 +165,8 @@ Box = gymnasium.spaces.Box
 @pytest.mark.parametrize('observation, action', [
     # Float image.
     (Box(0, 1, (64, 64, 3), np.float32), gymnasium.spaces.Discrete(2)),
-    (Box(0, 1, (3,), np.float32), gymnasium.spaces.MultiDiscrete([2, 3])),
+    (Box(0, 1, (3,), np.float32), gymnasium.spaces.Dict(
+        {'a': gymnasium.spaces.Dict({'b': gymnasium.spaces.Discrete(2)})})),
 ])
 def test_unsupported_spaces_are_rejected_before_anything_runs(
     tmp_path, observation, action):

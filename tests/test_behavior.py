@@ -630,14 +630,14 @@ def test_eval_noise_replaces_the_eval_action():
 
 
 def test_expl_until_explores_until_that_many_frames(tmp_path):
-  from dreamerv2 import train as train_lib
+  from dreamerv2 import loop
   import gymnasium
   from common import envs
   config = H.tiny_config(**{
       'logdir': str(tmp_path), 'expl_until': 400, 'action_repeat': 4,
       'expl_behavior': 'random'})
   env = envs.from_gym(gymnasium.make('CartPole-v1'))
-  training = train_lib.Training(
+  training = loop.Training(
       config, tmp_path, [env], [], [], threading.Event())
   modes = []
   training.agent.policy = lambda obs, state, mode: (

@@ -5,7 +5,8 @@ reports numbers, it never passes or fails on them (no speed thresholds here),
 and what a figure claims is tested where the code is (e.g. the bfloat16 bias
 gradient in test_precision.py). Scripts with resumable state of their own
 (pong_world_model.py --checkpoint, learn_dmc.py) also get their resume tested.
-The one learning check is marked `slow` (`make test-slow`).
+The one learning check, and the tests of a benchmark's own internals
+(interrupts, resumes and refusals), are marked `slow` (`make test-slow`).
 """
 
 import json
@@ -86,6 +87,7 @@ def test_latent_square_quick_reports_the_curve(tmp_path):
   assert is_finite(result['final_ratio']), result
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_learn_minigrid_refuses_a_logdir_that_holds_runs(tmp_path):
   # train.py would resume such a run and the curve would start at its last step.
   (tmp_path / 'runs' / '1').mkdir(parents=True)
@@ -129,6 +131,7 @@ def test_pong_world_model_quick_reports_losses_and_saves_the_strips(
   assert result['interrupted'] is False and result['updates'] == 4, result
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
   # SIGINT after the first curve row (update 2 of 100000): the script stops
   # training and still prints the full JSON line and the strips.
@@ -159,6 +162,7 @@ def test_pong_world_model_ctrl_c_reports_the_updates_done(tmp_path):
   assert not list(tmp_path.glob('pong_wm_*')), list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_pong_world_model_checkpoint_resumes_where_the_run_stopped(
     tmp_path, pong_checkpoint):
   first, saved, _ = pong_checkpoint
@@ -190,6 +194,7 @@ def test_pong_world_model_checkpoint_resumes_where_the_run_stopped(
       second['openl_mse']['recon'], rel=1e-3)
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_pong_world_model_checkpoint_refuses_other_settings(
     tmp_path, pong_checkpoint):
   ckpt = tmp_path / 'ckpt'
@@ -254,6 +259,7 @@ def test_env_speed_reports_steps_per_second(tmp_path):
       rel=0.01), result
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_env_speed_compares_two_env_processes_with_one(tmp_path):
   result = run_bench(['bench/env_speed.py', '--steps', '100', '--envs', '2',
                       '--parallel', 'process', '--rounds', '3'],
@@ -278,6 +284,7 @@ def test_env_speed_compares_two_env_processes_with_one(tmp_path):
         rel=0.01), (ratio, result)
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_env_speed_with_fewer_steps_than_envs(tmp_path):
   # Every loop rounds up to whole rounds: no loop of zero steps, no rate 0.
   result = run_bench(['bench/env_speed.py', '--steps', '2', '--envs', '3',
@@ -323,7 +330,7 @@ def test_bias_grad_prints_its_three_sums(tmp_path):
   # That add_bias matches the float32 sum is test_precision's claim; here the
   # script runs and prints its figures.
   result = run_bench(['bench/bias_grad.py'], tmp_path)[-1]
-  for key in ('nets_add_bias_bfloat16', 'float32_sum',
+  for key in ('kernels_add_bias_bfloat16', 'float32_sum',
               'bias_add_grad_bfloat16'):
     assert is_finite(result[key]), (key, result)
 
@@ -387,6 +394,9 @@ def test_learn_dmc_quick_resumes_and_reports_every_figure(tmp_path):
   assert pathlib.Path(result['png']).stat().st_size > 0
 
 
+
+
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 @pytest.mark.timeout(120)
 def test_learn_dmc_ctrl_c_ends_the_run_with_seeds_still_waiting(tmp_path):
   # --jobs 1 and two seeds: Ctrl-C while seed 0 trains stops it, and the

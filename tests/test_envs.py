@@ -7,6 +7,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import gymnasium
@@ -307,8 +308,9 @@ def test_gym_dict_observations_keep_their_keys():
 
 
 @pytest.mark.parametrize('obs_space, act_space, bad', [
-    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.MultiDiscrete([2, 3]),
-     'MultiDiscrete'),
+    (gymnasium.spaces.Box(0, 1, (4,)), gymnasium.spaces.Dict(
+        {'a': gymnasium.spaces.Dict({'b': gymnasium.spaces.Discrete(2)})}),
+     'Dict'),
     (gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)]),
      gymnasium.spaces.Discrete(2), 'Tuple'),
     (gymnasium.spaces.Text(5), gymnasium.spaces.Discrete(2), 'Text'),
@@ -328,6 +330,174 @@ def test_unsupported_gym_spaces_are_rejected_before_running(
   with pytest.raises(envs.UnsupportedSpace, match=bad) as info:
     envs.GymWrapper(env)
   assert 'Supported' in str(info.value)
+
+
+# Gym tasks: gym_<id> ----------------------------------------------------------
+
+
+def register_test_env(monkeypatch, env_id, entry_point):
+  """Register a gym id for one test (monkeypatch removes it after)."""
+  spec = gymnasium.envs.registration.EnvSpec(env_id, entry_point=entry_point)
+  monkeypatch.setitem(gymnasium.envs.registry, env_id, spec)
+
+
+def test_gym_task_builds_with_the_interface_spaces():
+  assert envs._split_task('gym_ALE/Pong-v5') == ('gym', 'ALE/Pong-v5')
+  assert envs._split_task('gym_ale_py:ALE/Pong-v5') == (
+      'gym', 'ale_py:ALE/Pong-v5')
+  envs.check_task('gym_CartPole-v1')
+  env = envs.make('gym_CartPole-v1', seed=0)
+  space = env.act_space['action']
+  assert isinstance(space, gymnasium.spaces.Box) and space.discrete
+  assert space.shape == (2,) and space.dtype == np.float32
+  assert env.obs_space['vector'] == gymnasium.spaces.Box(
+      -np.inf, np.inf, (4,), np.float32)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  assert obs['is_first']
+  obs = env.step(onehot(1, 2))
+  check_obs(obs, env.obs_space)
+  assert obs['reward'] == 1 and not obs['is_first']
+  # gymnasium's 'module:Id' imports the module that registers the id.
+  env = envs.make('gym_ale_py:ALE/Pong-v5', seed=0)
+  assert env.act_space['action'].shape == (6,)
+  check_obs(env.reset(), env.obs_space)
+
+
+def test_gym_images_are_resized_to_render_size(monkeypatch):
+  register_test_env(monkeypatch, 'TestTinyImage-v0', TinyImageEnv)
+  env = envs.make('gym_TestTinyImage-v0', size=(16, 16))
+  assert env.obs_space['image'].shape == (16, 16, 3)
+  obs = env.reset()
+  check_obs(obs, env.obs_space)
+  obs = env.step(onehot(2, 3))
+  assert (obs['image'] == 10).all() and obs['reward'] == 2
+
+
+def test_gym_action_repeat_sums_rewards_and_stops_at_the_episode_end():
+  # Seed 1: pushing right, the pole falls at frame 9, mid-repeat.
+  coarse = envs.make('gym_CartPole-v1', action_repeat=2, seed=1)
+  fine = envs.make('gym_CartPole-v1', seed=1)
+  coarse.reset()
+  fine.reset()
+  frames = []
+  while not (frames and frames[-1]['is_last']):  # Push right: it falls.
+    frames.append(fine.step(onehot(1, 2)))
+  assert len(frames) == 9
+  steps = []
+  while not (steps and steps[-1]['is_last']):
+    steps.append(coarse.step(onehot(1, 2)))
+  assert len(steps) == 5
+  for index, obs in enumerate(steps):
+    pair = frames[2 * index:2 * index + 2]
+    assert obs['reward'] == sum(frame['reward'] for frame in pair)
+    np.testing.assert_array_equal(obs['vector'], pair[-1]['vector'])
+  assert steps[-1]['reward'] == 1 and steps[-1]['is_terminal']
+  with pytest.raises(ValueError, match='action_repeat 0'):
+    envs.make('gym_CartPole-v1', action_repeat=0)
+
+
+def test_gym_time_limit_counts_agent_steps():
+  env = envs.make('gym_CartPole-v1', action_repeat=2, time_limit=3, seed=0)
+  env.reset()
+  obs = [env.step(onehot(step % 2, 2)) for step in range(3)]
+  assert [o['is_last'] for o in obs] == [False, False, True]
+  assert not obs[-1]['is_terminal'] and obs[-1]['reward'] == 2
+
+
+def test_gym_kwargs_reach_gymnasium_make():
+  kwargs = envs.parse_gym_kwargs('{"max_episode_steps": 4}')
+  assert kwargs == {'max_episode_steps': 4}
+  assert envs.parse_gym_kwargs('{}') == envs.parse_gym_kwargs('') == {}
+  env = envs.make('gym_CartPole-v1', gym_kwargs=kwargs, seed=0)
+  env.reset()
+  obs = [env.step(onehot(step % 2, 2)) for step in range(4)]
+  assert [o['is_last'] for o in obs] == [False, False, False, True]
+  assert not obs[-1]['is_terminal']
+  # Sutton and Barto's reward: 0 per step, -1 when the pole falls.
+  env = envs.make('gym_CartPole-v1', seed=0,
+                  gym_kwargs='{"sutton_barto_reward": true}')
+  env.reset()
+  assert env.step(onehot(1, 2))['reward'] == 0
+  with pytest.raises(envs.UnknownTask, match='not JSON'):
+    envs.parse_gym_kwargs('{max_episode_steps: 4}')
+  with pytest.raises(envs.UnknownTask, match='not an object'):
+    envs.parse_gym_kwargs('[4]')
+  with pytest.raises(envs.UnknownTask, match="not fit 'CartPole-v1'.*colour"):
+    envs.check_task('gym_CartPole-v1', {'colour': 'red'})
+  with pytest.raises(envs.UnknownTask, match="gym_<id> tasks only.*atari_pong"):
+    envs.check_task('atari_pong', '{"max_episode_steps": 4}')
+
+
+def test_gym_typo_names_close_registered_ids():
+  for call in (envs.check_task, envs.make):
+    with pytest.raises(envs.UnknownTask,
+                       match=r"'CartPol-v1'.*Close matches: gym_CartPole-v1"):
+      call('gym_CartPol-v1')
+  with pytest.raises(envs.UnknownTask, match='gym_ALE/Pong-v5'):
+    envs.check_task('gym_ALE/Pongg-v5')
+  # check_task loads no TensorFlow (train.py checks before it loads).
+  code = ('import sys\nfrom common import envs\n'
+          'envs.check_task("gym_CartPole-v1")\n'
+          'assert "tensorflow" not in sys.modules\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, cwd=pathlib.Path(__file__).parent.parent)
+  assert proc.returncode == 0, proc.stderr
+
+
+def test_gym_missing_package_names_the_pip_command(monkeypatch):
+  find_spec = envs.importlib.util.find_spec
+  monkeypatch.setattr(
+      envs.importlib.util, 'find_spec',
+      lambda name: None if name == 'minigrid' else find_spec(name))
+  with pytest.raises(envs.MissingPackage, match='`pip install minigrid`'):
+    envs.check_task('gym_MiniGrid-Empty-5x5-v0')
+  with pytest.raises(envs.MissingPackage, match="module 'no_such_module'"):
+    envs.make('gym_no_such_module:Thing-v0')
+
+
+class TupleActionEnv(gymnasium.Env):
+  observation_space = gymnasium.spaces.Box(-1, 1, (3,), np.float32)
+  action_space = gymnasium.spaces.Tuple(
+      [gymnasium.spaces.Discrete(2), gymnasium.spaces.Discrete(3)])
+
+  def reset(self, seed=None, options=None):
+    raise AssertionError('must not run')
+
+
+def test_gym_unsupported_action_space_is_named(monkeypatch):
+  register_test_env(monkeypatch, 'TestTupleAction-v0', TupleActionEnv)
+  space = r'Tuple\(Discrete\(2\), Discrete\(3\)\)'
+  with pytest.raises(envs.UnsupportedSpace, match=space) as info:
+    envs.check_task('gym_TestTupleAction-v0')
+  assert 'gym_TestTupleAction-v0' in str(info.value)
+  with pytest.raises(envs.UnsupportedSpace, match=space):
+    envs.make('gym_TestTupleAction-v0')
+  # Raw MiniGrid observations (a Discrete and a Text) point to its tasks.
+  import minigrid  # noqa: F401
+  with pytest.raises(envs.UnsupportedSpace, match='minigrid_<name> tasks'):
+    envs.check_task('gym_MiniGrid-Empty-5x5-v0')
+
+
+def test_process_parallel_gym_env_steps_as_one_here():
+  ctor = functools.partial(
+      envs.make, 'gym_CartPole-v1', action_repeat=2, time_limit=50, seed=0,
+      gym_kwargs={'max_episode_steps': 6})
+  here, there = envs.Parallel(ctor, 'none'), envs.Parallel(ctor, 'process')
+  assert there.act_space['action'].discrete
+  assert there.obs_space['vector'].shape == (4,)
+  pairs = [(here.reset(), there.reset())]
+  pairs += [(here.step(onehot(i % 2, 2)), there.step(onehot(i % 2, 2)))
+            for i in range(3)]
+  for mine, theirs in pairs:
+    check_obs(theirs, there.obs_space)
+    assert list(mine) == list(theirs)
+    for key in mine:
+      np.testing.assert_array_equal(mine[key], theirs[key])
+  assert theirs['is_last'] and not theirs['is_terminal']  # 6 frames.
+  here.close()
+  there.close()
+  assert there._process.exitcode == 0
 
 
 # Action wrappers -----------------------------------------------------------
@@ -509,8 +679,44 @@ def test_process_errors_carry_the_env_traceback():
   assert 'in step' in ''.join(info.value.__notes__)
   assert not env.step(onehot(0))['is_first']  # The env survives the error.
   env.close()
-  with pytest.raises(ValueError, match='strategy'):
+  with pytest.raises(ValueError, match="envs_parallel 'fork'.*none, thread"):
     envs.Parallel(functools.partial(envs.make, 'atari_pong'), 'fork')
+
+
+def test_parallel_none_runs_the_env_in_the_callers_thread():
+  class ThreadEnv(RecordingEnv):
+    def __init__(self):
+      super().__init__(gymnasium.spaces.Discrete(2))
+      self.threads = [threading.get_ident()]
+
+    def step(self, action):
+      self.threads.append(threading.get_ident())
+      return super().step(action)
+
+    def close(self):
+      self.threads.append(threading.get_ident())
+
+  env = envs.Parallel(ThreadEnv, 'none')
+  promise = env.step({'action': 1}, blocking=False)
+  assert env._env.actions == [1]  # Stepped before the promise is called.
+  promise()
+  inner = env._env
+  env.close()
+  assert inner.threads == [threading.get_ident()] * 3  # Built, step, close.
+
+
+def test_dmc_runs_in_a_process_whatever_envs_parallel_says():
+  for requested in ('none', 'thread'):
+    strategy, reason = envs.where_to_run('dmc_walker_walk', requested)
+    assert strategy == 'process'
+    assert "MuJoCo's EGL renderer and TensorFlow" in reason
+    assert '\n' not in reason
+  assert envs.where_to_run('dmc_walker_walk', 'process') == ('process', None)
+  for task in ('atari_pong', 'crafter_reward', 'gym_CartPole-v1'):
+    for requested in ('none', 'thread', 'process'):
+      assert envs.where_to_run(task, requested) == (requested, None)
+  with pytest.raises(ValueError, match="envs_parallel 'fork'"):
+    envs.where_to_run('atari_pong', 'fork')
 
 
 # Optional suites: skipped only when their package is not installed ---------

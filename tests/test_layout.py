@@ -3,6 +3,7 @@
 import ast
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +56,40 @@ def test_choices_load_without_tensorflow():
   names = imported_modules(ROOT / 'common' / 'choices.py')
   assert not [n for n in names if n.split('.')[0] in (
       'tensorflow', 'tensorflow_probability', 'dreamerv2')]
+
+
+def test_nothing_imports_the_train_script():
+  # train.py is the command line's entry point; the loop is dreamerv2/loop.py.
+  importers = [
+      str(path.relative_to(ROOT)) for path in python_files()
+      if path.name != 'train.py' and any(
+          name in ('dreamerv2.train', 'train')
+          for name in imported_modules(path))]
+  assert not importers, importers
+
+
+def test_common_never_imports_dreamerv2():
+  importers = [
+      str(path.relative_to(ROOT)) for path in (ROOT / 'common').glob('*.py')
+      if any(n.split('.')[0] == 'dreamerv2' for n in imported_modules(path))]
+  assert not importers, importers
+
+
+def test_the_agent_knows_no_replicas_and_the_loop_is_short():
+  # Distribution lives in dreamerv2/distribute.py, so that Agent reads like
+  # the original's.
+  source = (ROOT / 'dreamerv2' / 'agent.py').read_text()
+  assert 'strategy' not in source and 'replica' not in source
+  assert len((ROOT / 'dreamerv2' / 'loop.py').read_text().splitlines()) < 400
+
+
+@pytest.mark.parametrize('module', [
+    'common.rundir', 'common.config', 'common.choices', 'common.envs',
+    'dreamerv2.build', 'dreamerv2.distribute'])
+def test_the_checks_before_a_run_load_no_tensorflow(module):
+  code = (f'import sys; import {module}; '
+          'print("tensorflow" in sys.modules)')
+  result = subprocess.run(
+      [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == 'False'

@@ -136,7 +136,8 @@ def test_gru_has_a_trainable_bias_of_three_deter_before_the_layer_norm():
   x = tf.random.stateless_normal([3, 6], [0, 1])
   state = tf.random.stateless_normal([3, 8], [0, 2])
   # By hand: parts = [x, h] W + b, layer norm (eps 1e-3), then the gates.
-  parts = np.concatenate([x, state], -1) @ cell.dense.kernel.numpy() + bias.numpy()
+  parts = (np.concatenate([x, state], -1) @ cell.dense.kernel.numpy()
+           + bias.numpy())
   mean, var = parts.mean(-1, keepdims=True), parts.var(-1, keepdims=True)
   parts = (parts - mean) / np.sqrt(var + 1e-3) * cell.norm.scale.numpy() \
       + cell.norm.offset.numpy()

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -313,7 +314,226 @@ def test_compare_with_no_comparable_run_is_one_line(tmp_path):
   result = run_script('--indir', tmp_path / 'logdir',
                       '--outdir', tmp_path / 'out',
                       '--compare', SCORES / 'atari-dreamerv2.json')
-  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert 'no run could be compared' in result.stderr
   assert ('crafter_reward' in result.stderr
           and 'no published curve' in result.stderr)
+
+
+# Crafter score ---------------------------------------------------------------
+
+def write_crafter_run(logdir, episodes, task='crafter_reward', action_repeat=1,
+                      config=True):
+  """A run's train episodes as replay.py writes them. Each episode is
+  (agent steps, achievements unlocked[, finished]); an unlocked
+  achievement's count (Crafter's per-episode total) turns 1 halfway and 2 at
+  the end, the others stay 0."""
+  from common import replay
+  directory = logdir / 'train_episodes'
+  directory.mkdir(parents=True)
+  if config:
+    (logdir / 'config.yaml').write_text(
+        f'logdir: {logdir}\nseed: 0\ntask: {task}\nenvs: 1\n'
+        f'action_repeat: {action_repeat}\n'
+        'replay: {capacity: 2000000, ongoing: false}\n')
+  names = []
+  for length, unlocked, *finished in episodes:
+    episode = {
+        'action': np.zeros((length + 1, 17), np.float32),
+        'reward': np.zeros(length + 1, np.float32),
+        'is_first': np.arange(length + 1) == 0,
+        'is_last': np.arange(length + 1) == (
+            length if not finished or finished[0] else -1)}
+    for name in plot.CRAFTER_ACHIEVEMENTS:
+      count = np.zeros(length + 1, np.int32)
+      if name in unlocked:
+        count[length // 2:] = 1
+        count[-1] = 2
+      episode[f'log_achievement_{name}'] = count
+    names.append(replay.save_episode(directory, episode).name)
+  assert sorted(names) == names  # File names sort by time.
+  return logdir
+
+
+def test_crafter_achievements_are_crafters_own():
+  assert len(plot.CRAFTER_ACHIEVEMENTS) == 22
+  crafter = pytest.importorskip('crafter')
+  assert list(plot.CRAFTER_ACHIEVEMENTS) == crafter.constants.achievements
+
+
+def test_crafter_score_is_the_geometric_mean_with_an_offset_of_one():
+  # exp(mean_i ln(1 + s_i)) - 1 over the 22 rates in percent, by hand.
+  assert plot.crafter_score([0] * 22) == 0
+  assert plot.crafter_score([100] * 22) == pytest.approx(100)
+  one = math.exp(math.log(101) / 22) - 1
+  assert one == pytest.approx(0.23340, abs=1e-5)
+  assert plot.crafter_score([100] + [0] * 21) == pytest.approx(one)
+  # Half at 50%: exp(ln(51) / 2) - 1 = sqrt(51) - 1.
+  assert plot.crafter_score([50] * 11 + [0] * 11) == pytest.approx(
+      math.sqrt(51) - 1)
+  with pytest.raises(ValueError):
+    plot.crafter_score([0.5, 101])
+
+
+def test_crafter_success_rates_of_synthetic_episodes(tmp_path):
+  logdir = write_crafter_run(tmp_path / 'crafter_reward' / 'mine' / '0', [
+      (100, {'collect_wood', 'place_table', 'collect_diamond'}),
+      (120, {'collect_wood', 'place_table'}),
+      (80, {'collect_wood'}),
+      (90, {'collect_wood'}),
+  ])
+  result = plot.crafter_scores([tmp_path])
+  (run,) = result['runs']
+  assert (run['task'], run['method'], run['seed']) == (
+      'crafter_reward', 'mine', '0')
+  assert run['logdir'] == str(logdir)
+  assert (run['episodes'], run['env_steps']) == (4, 390)
+  rates = run['success_rates']
+  assert list(rates) == list(plot.CRAFTER_ACHIEVEMENTS)
+  assert (rates['collect_wood'], rates['place_table'],
+          rates['collect_diamond']) == (100, 50, 25)
+  assert sum(rates.values()) == 175  # The other 19 are 0.
+  by_hand = math.exp(
+      (math.log(101) + math.log(51) + math.log(26)) / 22) - 1
+  assert by_hand == pytest.approx(0.71017, abs=1e-5)
+  assert run['score'] == pytest.approx(by_hand)
+  (summary,) = result['methods']
+  assert summary['seeds'] == 1 and summary['score_std'] == 0
+  assert summary['score_mean'] == pytest.approx(by_hand)
+
+
+def test_crafter_budget_counts_env_steps_in_order(tmp_path):
+  # 150 agent steps × action_repeat 2 = 300 env steps an episode.
+  episodes = [(150, {'collect_wood'}), (150, set()), (150, {'eat_cow'}),
+              (150, {'wake_up'})]
+  write_crafter_run(tmp_path / 'run', episodes, action_repeat=2)
+  # Cumulative 300, 600, 900, 1200: a budget of 900 keeps the first three,
+  # as Crafter's read_metrics stops at the episode that goes past it.
+  (run,) = plot.crafter_scores([tmp_path / 'run'], budget=900)['runs']
+  assert (run['action_repeat'], run['episodes'], run['env_steps']) == (
+      2, 3, 900)
+  rates = run['success_rates']
+  assert rates['collect_wood'] == rates['eat_cow'] == pytest.approx(100 / 3)
+  assert rates['wake_up'] == 0
+  (run,) = plot.crafter_scores([tmp_path / 'run'], budget=899)['runs']
+  assert run['episodes'] == 2 and run['success_rates']['eat_cow'] == 0
+  (run,) = plot.crafter_scores([tmp_path / 'run'])['runs']  # Default 1M.
+  assert run['episodes'] == 4 and run['success_rates']['wake_up'] == 25
+
+
+def test_crafter_an_episode_cut_at_a_stop_spends_steps_only(tmp_path):
+  write_crafter_run(tmp_path / 'run', [
+      (100, {'collect_wood'}), (50, {'collect_wood'}, False),
+      (100, set()), (100, {'collect_wood'})])
+  (run,) = plot.crafter_scores([tmp_path / 'run'], budget=250)['runs']
+  assert (run['episodes'], run['unfinished_episodes']) == (2, 1)
+  assert run['env_steps'] == 250
+  assert run['success_rates']['collect_wood'] == 50
+
+
+def test_crafter_scores_over_seeds(tmp_path):
+  # Seed k unlocks collect_wood in k of its 4 episodes: 25k %.
+  for k in (1, 2, 4):
+    write_crafter_run(
+        tmp_path / 'crafter_reward' / 'mine' / str(k),
+        [(100, {'collect_wood'} if e < k else set()) for e in range(4)])
+  write_crafter_run(tmp_path / 'crafter_noreward' / 'other' / '0',
+                    [(100, set())], task='crafter_noreward')
+  result = plot.crafter_scores([tmp_path])
+  assert [(r['method'], r['seed']) for r in result['runs']] == [
+      ('other', '0'), ('mine', '1'), ('mine', '2'), ('mine', '4')]
+  scores = [math.exp(math.log(1 + 25 * k) / 22) - 1 for k in (1, 2, 4)]
+  assert [r['score'] for r in result['runs'][1:]] == pytest.approx(scores)
+  other, mine = result['methods']
+  assert (other['task'], other['score_mean']) == ('crafter_noreward', 0)
+  assert mine['seeds'] == 3
+  assert mine['score_mean'] == pytest.approx(sum(scores) / 3)
+  # Population std over seeds, as Crafter's print_scores (numpy's nanstd).
+  mean = sum(scores) / 3
+  std = math.sqrt(sum((s - mean) ** 2 for s in scores) / 3)
+  assert mine['score_std'] == pytest.approx(std)
+  assert mine['success_rates']['collect_wood'] == pytest.approx(175 / 3)
+
+
+def test_crafter_score_command_prints_the_table_and_json(tmp_path):
+  for seed in (0, 1):
+    write_crafter_run(tmp_path / 'logdir' / 'crafter_reward' / 'mine' /
+                      str(seed), [(200, {'collect_wood'}), (200, set())])
+  result = run_script('--crafter_score', tmp_path / 'logdir', '--json',
+                      '--crafter_budget', '400', '--outdir', tmp_path / 'out')
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''  # Both seeds reach the budget: no warning.
+  (line,) = result.stdout.splitlines()
+  printed = json.loads(line)
+  assert list(printed) == [
+      'budget', 'achievements', 'runs', 'methods', 'published']
+  assert printed['budget'] == 400
+  assert printed['achievements'] == list(plot.CRAFTER_ACHIEVEMENTS)
+  assert set(printed['runs'][0]) == {
+      'task', 'method', 'seed', 'logdir', 'action_repeat', 'episodes',
+      'unfinished_episodes', 'env_steps', 'success_rates', 'score'}
+  (mine,) = printed['methods']
+  assert set(mine) == {'task', 'method', 'seeds', 'score_mean', 'score_std',
+                       'success_rates'}
+  assert mine['score_mean'] == pytest.approx(math.exp(math.log(51) / 22) - 1)
+  assert mine['success_rates']['collect_wood'] == 50
+  published = {row['method']: (row['score'], row['std'])
+               for row in printed['published']['methods']}
+  assert published == {
+      'Human experts': (50.5, 6.8), 'DreamerV2': (10.0, 1.2),
+      'PPO': (4.6, 0.3), 'Rainbow': (4.3, 0.2), 'Plan2Explore': (2.1, 0.1),
+      'RND': (2.0, 0.1), 'Random': (1.6, 0.0)}
+  assert 'danijar/crafter' in printed['published']['source']
+  written = json.loads((tmp_path / 'out' / 'curves_crafter.json').read_text())
+  assert written == printed
+  # The table: 22 rates per seed and their mean, then the scores.
+  result = run_script('--crafter_score', tmp_path / 'logdir',
+                      '--crafter_budget', '400')
+  assert result.returncode == 0, result.stderr
+  rows = {line.split()[0]: line.split()[1:]
+          for line in result.stdout.splitlines() if line.strip()}
+  assert rows['collect_wood'] == ['50.0', '50.0', '50.0']
+  assert rows['wake_up'] == ['0.0', '0.0', '0.0']
+  assert rows['episodes'] == ['2', '2']
+  assert 'score over 2 seeds: 0.2 ± 0.0 %' in result.stdout
+  assert any(line.split()[:4] == ['DreamerV2', 'crafter_reward', '10.0', '±']
+             for line in result.stdout.splitlines())
+
+
+def test_crafter_score_warns_of_a_run_short_of_the_budget(tmp_path):
+  write_crafter_run(tmp_path / 'run', [(100, set())])
+  result = run_script('--crafter_score', tmp_path / 'run', '--json')
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.count('\n') == 1
+  assert 'holds episodes of 100 env steps within the budget of' in (
+      result.stderr)
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing', 'is not a directory'),
+    ('no_train_episodes', 'has no episodes: no train_episodes/'),
+    ('no_files', 'has no episodes: no .npz file'),
+    ('atari_config', 'is not a Crafter run: its config.yaml has task '
+                     'atari_pong'),
+    ('no_achievements', 'is not a Crafter run: its episode'),
+])
+def test_crafter_bad_input_exits_2_with_one_line(tmp_path, case, message):
+  logdir = tmp_path / 'logdir'
+  if case == 'no_train_episodes':
+    write_run(logdir, [{'step': 1, 'eval_return': 1.0}])
+  elif case == 'no_files':
+    (logdir / 'train_episodes').mkdir(parents=True)
+  elif case == 'atari_config':
+    write_crafter_run(logdir, [(10, set())], task='atari_pong',
+                      action_repeat=4)
+  elif case == 'no_achievements':
+    from common import replay
+    (logdir / 'train_episodes').mkdir(parents=True)
+    replay.save_episode(logdir / 'train_episodes', {
+        'action': np.zeros((11, 6), np.float32),
+        'is_last': np.arange(11) == 10})
+  result = run_script('--crafter_score', logdir)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr and str(logdir) in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.count('\n') == 1, result.stderr

@@ -188,6 +188,10 @@ def test_kill_9_loses_no_episode_and_the_restart_continues(tmp_path):
 
   result = train(logdir, flags)
   assert result.returncode == 0, result.stdout + result.stderr
+  # The killed run's lock is stale (its pid is gone): taken over.
+  assert (f'Taking over the logdir from the run with pid {process.pid} '
+          in result.stdout)
+  assert not (logdir / 'lock').exists()  # Released at the end.
   assert f'{stored} steps stored' in result.stdout
   for path in episodes:  # Every episode before the kill still loads.
     assert len(load_episode(path)['action']) == 51
@@ -203,6 +207,41 @@ def test_kill_9_loses_no_episode_and_the_restart_continues(tmp_path):
   assert max(line['step'] for line in after) == 600 * 4
   total = sum(1 for _ in (logdir / 'train_episodes').glob('*.npz'))
   assert total == 12  # 600 steps in episodes of 50.
+
+
+def test_a_second_run_on_a_live_logdir_stops_and_eval_reads_beside_it(
+    finished_run, tmp_path):
+  logdir = tmp_path / 'pong'
+  process = start(logdir, {'steps': 400})
+  try:
+    wait_for(lambda: (logdir / 'variables.pkl').exists(), process)
+    assert (logdir / 'lock').exists()
+    second = train(logdir, {'steps': 400})
+    # eval.py only reads: it never takes the lock and is never blocked by it.
+    evaluated = subprocess.run(
+        [sys.executable, 'dreamerv2/eval.py', '--logdir', str(logdir),
+         '--episodes', '1', '--videos', '0'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    process.wait(timeout=300)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert second.returncode == 2, second.stdout + second.stderr
+  lines = second.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: logdir '), lines
+  assert f'in use by the run with pid {process.pid} on ' in lines[0]
+  assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+  # The first run finished untouched: what a solo run of the same command
+  # writes (finished_run), the same rows at the same steps.
+  assert process.returncode == 0
+  solo, _ = finished_run
+  for run in (logdir, solo):
+    assert not (run / 'lock').exists()
+  shape = lambda run: [(row['step'], sorted(k for k in row if k != 'fps'))
+                       for row in read_metrics(run)]
+  assert shape(logdir) == shape(solo)
+  episodes = lambda run: len(list((run / 'train_episodes').glob('*.npz')))
+  assert episodes(logdir) == episodes(solo) == 8
 
 
 def stored_steps(logdir):
@@ -303,16 +342,17 @@ def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
   import tensorflow as tf
   from common import config as config_lib
   from common import tfutils
-  from dreamerv2 import train as train_lib
+  from common import rundir
+  from dreamerv2 import build
   source, _ = finished_run
   saved = tfutils.read_checkpoint(source / 'variables.pkl')
   config = config_lib.Config.load(source / 'config.yaml').update({
       'logdir': str(tmp_path / 'new'), 'warm_start.checkpoint':
       str(source / 'variables.pkl'), 'warm_start.only': 'world_model'})
-  env = train_lib.make_env(config, 'train', 0)
+  env = build.make_env(config, 'train', 0)
   tf.random.set_seed(5)
-  agent = train_lib.build_agent(config, env.obs_space, env.act_space)
-  assert train_lib.restore(agent, tmp_path / 'new', config) is False
+  agent = build.agent(config, env.obs_space, env.act_space).agent
+  assert rundir.restore(agent, tmp_path / 'new', config) is False
   named = tfutils.named_variables(agent)
   model = [n for n in named if n.startswith('wm/') and '_opt/' not in n]
   assert len(model) > 20
@@ -326,9 +366,9 @@ def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
   assert int(named['wm/model_opt/updates'].numpy()) == 0  # Fresh optimizer.
   # A checkpoint of other sizes names the first differing world-model variable.
   bigger = config.update({'rssm.deter': 48})
-  agent = train_lib.build_agent(bigger, env.obs_space, env.act_space)
-  with pytest.raises(train_lib.ConfigError) as info:
-    train_lib.restore(agent, tmp_path / 'new', bigger)
+  agent = build.agent(bigger, env.obs_space, env.act_space).agent
+  with pytest.raises(config_lib.ConfigError) as info:
+    rundir.restore(agent, tmp_path / 'new', bigger)
   assert str(info.value).startswith('--warm_start.checkpoint: checkpoint ')
   assert ': wm/' in str(info.value)
 
@@ -377,6 +417,50 @@ def test_dmc_trains_with_its_envs_in_processes(tmp_path):
   assert {'train_return', 'eval_return', 'model_loss'} <= set(metrics)
   # Action repeat 2: 150 agent steps are 300 frames.
   assert max(line['step'] for line in read_metrics(logdir)) == 300
+
+
+def test_a_gym_id_trains_in_env_processes_resumes_and_evaluates(tmp_path):
+  logdir = tmp_path / 'cartpole'
+  flags = {'configs': 'defaults debug', 'task': 'gym_CartPole-v1',
+           'envs': 2, 'envs_parallel': 'process', 'action_repeat': 2,
+           'encoder.mlp_layers': '32,32', 'decoder.mlp_layers': '32,32',
+           'replay.minlen': 1, 'steps': 150, 'eval_every': 100,
+           'log_every': 50}
+  result = train(logdir, flags)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'Task gym_CartPole-v1 · 2 train env(s), envs_parallel process' in (
+      result.stdout)
+  metrics = read_metrics(logdir)
+  assert any('train_return' in row for row in metrics)
+  assert any('model_loss' in row for row in metrics)
+  # Action repeat 2: the logged step is frames, two per agent step.
+  assert max(row['step'] for row in metrics) in (300, 302)
+  result = train(logdir, {**flags, 'steps': 200})
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'Pretrain' not in result.stdout and 'Finished 20' in result.stdout
+  evaluated = subprocess.run(
+      [sys.executable, 'dreamerv2/eval.py', '--logdir', str(logdir),
+       '--episodes', '2', '--videos', '0'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+  report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  assert report['task'] == 'gym_CartPole-v1' and len(report['episodes']) == 2
+  assert all(episode['return'] > 0 for episode in report['episodes'])
+
+
+@pytest.mark.parametrize('flags, message', [
+    ({'task': 'gym_CartPol-v1'}, 'CartPole-v1'),
+    ({'task': 'gym_CartPole-v1', 'gym_kwargs': '{"nope": 1'}, 'gym_kwargs'),
+])
+def test_bad_gym_tasks_exit_2_with_one_line_and_write_nothing(
+    tmp_path, flags, message):
+  logdir = tmp_path / 'run'
+  result = train(logdir, {'configs': 'defaults debug', **flags})
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and (
+      message in lines[0]), lines
+  assert not logdir.exists() or not any(logdir.iterdir())
 
 
 @pytest.mark.parametrize('behavior, actor_grad', [
@@ -527,3 +611,48 @@ def test_a_killed_env_process_ends_the_run_saved_with_its_name(tmp_path):
 def utils_read(path):
   from common import utils
   return utils.read_checkpoint(path)
+
+
+def metrics_without_wall_clock(logdir):
+  return [{k: v for k, v in row.items() if k != 'fps'}
+          for row in read_metrics(logdir)]
+
+
+def compare_runs(a, b):
+  """(metrics equal, weights equal) of two finished runs."""
+  same_metrics = metrics_without_wall_clock(a) == metrics_without_wall_clock(b)
+  wa = pickle.loads((a / 'variables.pkl').read_bytes())
+  wb = pickle.loads((b / 'variables.pkl').read_bytes())
+  same_weights = wa.keys() == wb.keys() and all(
+      np.array_equal(wa[k], wb[k]) for k in wa)
+  return same_metrics, same_weights
+
+
+@pytest.mark.parametrize('flags', [
+    {}, {'envs': 2, 'envs_parallel': 'process'}], ids=['one_env', 'processes'])
+def test_deterministic_runs_of_one_seed_write_the_same_metrics_and_weights(
+    tmp_path, flags):
+  flags = {'steps': 160, 'log_every': 40, 'eval_every': 80,
+           'deterministic': True, **flags}
+  runs = [tmp_path / f'run{i}' / 'pong' for i in range(2)]
+  for logdir in runs:
+    result = train(logdir, flags)
+    assert result.returncode == 0, result.stdout + result.stderr
+  rows = metrics_without_wall_clock(runs[0])
+  assert sum('model_loss' in row for row in rows) >= 2
+  assert compare_runs(*runs) == (True, True)
+
+
+def test_the_comparison_tells_two_seeds_apart(tmp_path):
+  # Without `deterministic`, two runs of one seed on a CPU often match too
+  # (every seed is set; only tf.data's batches sampled ahead race the driver
+  # adding episodes, which short runs rarely notice), so that cannot show the
+  # comparison's power; two seeds do.
+  runs = []
+  for seed in (0, 1):
+    logdir = tmp_path / f'seed{seed}' / 'pong'
+    result = train(logdir, {'steps': 160, 'log_every': 40, 'eval_every': 80,
+                            'deterministic': True, 'seed': seed})
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs.append(logdir)
+  assert compare_runs(*runs) == (False, False)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from common import config as config_lib
 from common import tfutils
 from dreamerv2 import agent as agent_lib
-from dreamerv2 import probes
+from bench import probes
 
 import dreamer_helpers as H
 
@@ -115,7 +115,7 @@ def test_model_loss_is_the_scaled_sum_of_kl_and_head_losses():
       float(tf.reduce_mean(outputs['kl'])), rel=1e-6)
 
 
-def test_heads_learn_tanh_rewards_and_discount_times_not_terminal():
+def test_head_targets_are_tanh_reward_discount_if_not_terminal_centred_image():
   config = H.tiny_config('atari')
   obs, act = H.obs_space(image=(64, 64, 1)), H.act_space(True, 3)
   wm = agent_lib.WorldModel(
@@ -279,7 +279,7 @@ def test_atari_sized_agent_trains_under_tf_function_and_model_loss_decreases():
 def test_posterior_carries_what_the_actions_cannot_predict():
   # MiniGrid-Empty can be solved from the action history alone (fixed start and
   # goal), so the learning benchmark does not prove that image content reaches
-  # the latent. In dreamerv2/probes.py a square's position is in the image
+  # the latent. In bench/probes.py a square's position is in the image
   # only: the decoder can reconstruct it only through encoder -> posterior
   # sample (straight through) -> decoder. Until the latent carries it the
   # reconstruction stays at the mean frame's error. Measured with
