@@ -4,6 +4,7 @@
   python3 bench/speed.py
   python3 bench/speed.py --batch 50      # the atari config's own batch
   python3 bench/speed.py --sweep         # update_s over batch, length and deter
+  python3 bench/speed.py --deterministic 3  # the cost of --deterministic True
   # tiny sizes, for CI: checks the figures exist
   python3 bench/speed.py --quick
   python3 bench/speed.py --config --rssm.deter 1024   # extra config overrides
@@ -49,6 +50,8 @@ def build_agent(argv, seed=0, learner=False):
   from dreamerv2 import agent as agentlib
   import gymnasium as gym
   nets.set_precision(config.precision)
+  if config.deterministic:  # As dreamerv2/loop.py does for such a run.
+    tf.config.experimental.enable_op_determinism()
   obs_space = {
       'image': gym.spaces.Box(0, 255, (64, 64, 1), np.uint8),
       'reward': gym.spaces.Box(-np.inf, np.inf, (), np.float32),
@@ -308,6 +311,10 @@ def main():
   parser.add_argument('--xla', action='store_true',
                       help='time the update under XLA against the graph '
                            'update (precision 16 and 32)')
+  parser.add_argument('--deterministic', type=int, default=0, metavar='ROUNDS',
+                      help='the update with TensorFlow\'s op determinism '
+                           '(--deterministic True) against without, in '
+                           'ROUNDS interleaved rounds, precision 16')
   parser.add_argument('--_child', type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument('--_peak', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--config', nargs=argparse.REMAINDER, default=[])
@@ -333,6 +340,21 @@ def main():
         base + size + extra + ['--precision', '16'], calls, ('none', []),
         ('mirrored2', ['--distribute.strategy', 'mirrored',
                        '--distribute.cpu_devices', '2']))
+    result['machine'] = machine()
+    print(json.dumps(result))
+    return
+  if args.deterministic:
+    # Interleaved rounds, each a pair of children: the ratio of the same
+    # round is what the machine's drift cannot move.
+    rounds = [run_pair(
+        base + size + extra + ['--precision', '16'], calls,
+        ('default', ['--deterministic', 'False']),
+        ('deterministic', ['--deterministic', 'True']))
+        for _ in range(args.deterministic)]
+    ratios = sorted(r['deterministic_over_default'] for r in rounds)
+    result['deterministic'] = {
+        'rounds': rounds,
+        'deterministic_over_default': ratios[len(ratios) // 2]}
     result['machine'] = machine()
     print(json.dumps(result))
     return
