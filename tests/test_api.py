@@ -113,6 +113,30 @@ def test_cartpole_vector_observations_and_discrete_actions(tmp_path):
   assert (logdir / 'config.yaml').exists()
 
 
+def test_an_env_factory_gives_several_envs_in_processes_with_action_repeat(
+    tmp_path):
+  logdir = tmp_path / 'cartpole'
+  config = api.defaults().update({
+      **TINY, 'logdir': str(logdir), 'envs': 2, 'envs_parallel': 'process',
+      'action_repeat': 2})
+  made = []
+  # A lambda with a closure: it travels to the env processes (cloudpickle).
+  api.train(lambda: made.append(1) or gymnasium.make('CartPole-v1'), config)
+  assert made == []  # Every env was made in a process of its own.
+  rows = [json.loads(line) for line in
+          (logdir / 'metrics.jsonl').read_text().splitlines()]
+  assert any('train_return' in row for row in rows)
+  assert any('eval_return' in row for row in rows)  # Eval envs made too.
+  # Two agent steps of the env per action: a train episode of CartPole
+  # (at most 500 env steps) is at most 250 agent steps long, and the
+  # logged step counts frames (agent steps x 2).
+  lengths = [row['train_length'] for row in rows if 'train_length' in row]
+  assert lengths and max(lengths) <= 50  # time_limit 50 agent steps.
+  assert max(row['step'] for row in rows) in (300, 302)
+  from common import rundir
+  assert rundir.load(logdir)[1]['task'] is False  # Not config.task's envs.
+
+
 def test_image_observations_and_discrete_actions(tmp_path):
   logdir = tmp_path / 'image'
   env = ImageEnv()
