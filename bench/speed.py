@@ -51,6 +51,7 @@ def build_agent(argv, seed=0, learner=False):
   import gymnasium as gym
   nets.set_precision(config.precision)
   if config.deterministic:  # As dreamerv2/loop.py does for such a run.
+    tf.random.set_seed(seed)
     tf.config.experimental.enable_op_determinism()
   obs_space = {
       'image': gym.spaces.Box(0, 255, (64, 64, 1), np.uint8),

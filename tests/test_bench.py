@@ -60,6 +60,17 @@ def test_speed_quick_reports_every_figure(tmp_path):
   assert isinstance(machine['tensorflow'], str) and machine['tensorflow']
 
 
+def test_speed_deterministic_reports_the_ratio_of_its_round(tmp_path):
+  lines = run_bench(['bench/speed.py', '--deterministic', '1', '--quick'],
+                    tmp_path)
+  result = lines[0]['deterministic']
+  (round_,) = result['rounds']
+  for key in ('default_update_s', 'deterministic_update_s'):
+    assert is_finite(round_[key]) and round_[key] > 0, round_
+  assert result['deterministic_over_default'] == round_[
+      'deterministic_over_default']
+
+
 def test_replay_memory_quick_reports_memory_per_frame(tmp_path):
   result = run_bench(
       ['bench/replay_memory.py', '--quick'], tmp_path, timeout=120)[-1]
