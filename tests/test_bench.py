@@ -87,6 +87,22 @@ def test_learn_minigrid_quick_reports_a_learning_curve(tmp_path):
   assert is_finite(run['final_eval_return']), run
 
 
+def test_learn_gym_quick_reports_a_learning_curve_in_frames(tmp_path):
+  result = run_bench(['bench/learn_gym.py', '--quick', '--logdir',
+                      str(tmp_path / 'runs')], tmp_path)[-1]
+  assert result['complete'] and result['configs'] == 'defaults vector', result
+  assert is_finite(result['random_floor']['mean']), result
+  run = result['runs'][0]
+  assert run['frames'] and len(run['frames']) == len(run['eval_return']), run
+  assert all(is_finite(x) for x in run['frames'] + run['eval_return']), run
+  assert run['frames'][-1] == result['frames'] == 600, run  # Action repeat 1.
+  assert run['last_10_percent_evals'] >= 1, run
+  assert is_finite(run['last_10_percent_mean']), run
+  assert run['updates'] > 0 and run['exits'] == [0], run
+  scores = json.loads(pathlib.Path(result['scores']).read_text())
+  assert scores[0]['xs'] == run['frames'], scores
+
+
 def test_latent_square_quick_reports_the_curve(tmp_path):
   result = run_bench(
       ['bench/latent_square.py', '--quick'], tmp_path, timeout=120)[-1]
