@@ -185,7 +185,10 @@ def main():
   with futures.ThreadPoolExecutor(args.jobs) as pool:
     codes = list(pool.map(lambda seed: train(args, seed), args.seeds))
   result = report(args, config, floor)
-  result['complete'] = not any(codes)
+  # A seed stopped early (Ctrl-C saves and exits 0) is not complete.
+  result['complete'] = not any(codes) and all(
+      run['frames'] and run['frames'][-1] >= result['frames']
+      for run in result['runs'])
   print(json.dumps(result))
   if temp:
     temp.cleanup()
