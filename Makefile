@@ -3,7 +3,8 @@
 #   make venv        .venv with requirements.txt (again only when it changes);
 #                    with an NVIDIA GPU (nvidia-smi), TensorFlow's CUDA build
 #   make train       Pong with the atari config; LOGDIR=... to choose the run
-#   make test        the fast tests, with the extras (pytest.ini skips the `slow` marker)
+#   make test        the fast tests in TEST_JOBS (2) processes, with the extras
+#                    (pytest.ini skips the `slow` marker)
 #   make test-slow   the long checks (learning curves, long runs)
 #   make extras      dm_control, MuJoCo, Crafter and MiniGrid on top of venv
 
@@ -40,7 +41,8 @@ train: venv
 	$(VENV)/bin/python dreamerv2/train.py --logdir $(LOGDIR) --configs defaults atari --task atari_pong
 
 # pytest exits 5 when it collects no tests: that is a failure, not a pass.
-# --durations=10: the slowest tests, to keep the suite under its 20 minutes.
+# --durations=10: the slowest tests, to keep the fast suite under its 12
+# minutes on 2 cores.
 # PYTHONFAULTHANDLER: a process the tests start that dies of a signal
 # (SIGSEGV, SIGABRT) prints every thread's Python stack to its stderr, which
 # the tests show when they fail.
@@ -52,9 +54,16 @@ define pytest
 	exit $$status
 endef
 
+# The fast tests run in TEST_JOBS processes (pytest-xdist); tests/conftest.py
+# keeps the tests that share a module's fixture on one of them. Most tests
+# start a train.py or build a graph, single-threaded work that a second
+# process overlaps on a second core. The slow tests (learning runs) run one
+# at a time.
+TEST_JOBS ?= 2
+
 # The tests cover the optional environments too, so they install the extras.
 test: extras
-	@$(call pytest,)
+	@$(call pytest,-n $(TEST_JOBS) --dist loadgroup)
 
 test-slow: extras
 	@$(call pytest,-m slow)
