@@ -94,8 +94,19 @@ class PeerLost(Exception):
 
 def _peer_lost(error):
   """PeerLost naming the process of TF_CONFIG that `error` (a collective
-  aborted by TensorFlow's health check or a broken connection) points to."""
+  aborted by TensorFlow's health check or a broken connection) points to.
+
+  It also clears the locals of the frames the error unwound. TensorFlow's
+  eager all-reduce (a distributed iterator's next) maps over a
+  multiprocessing ThreadPool and closes it only when the map returns; after
+  a failed one, the pool stays referenced from those frames, in a reference
+  cycle with the error, until the interpreter's last collection at exit,
+  where its __del__ writes to a pipe already closed and prints a traceback
+  after our one line. Cleared here, the pool is freed and closed now.
+  """
   import re
+  import traceback
+  traceback.clear_frames(error.__traceback__)
   tf_config = json.loads(os.environ.get('TF_CONFIG', '{}'))
   cluster, task = tf_config.get('cluster', {}), tf_config.get('task', {})
   own = (task.get('type'), int(task.get('index', 0)))

@@ -288,6 +288,47 @@ def test_a_dead_chief_ends_the_worker_with_one_line(tmp_path):
           'gone') in errors[0]
 
 
+def test_a_lost_peer_frees_the_pool_of_the_failed_collective():
+  # TensorFlow's eager all-reduce maps over a ThreadPool; when a peer dies
+  # the map raises and the pool, unclosed, stays in a reference cycle with
+  # the error until the interpreter's last collection, whose Pool.__del__
+  # then prints a traceback after the worker's one line. _peer_lost frees it
+  # while the interpreter runs (garbage collection off: only references
+  # count, as at a worker's exit).
+  import gc
+  import multiprocessing.pool
+  import weakref
+  from dreamerv2 import distribute
+  pools = []
+
+  def all_reduce():
+    pool = multiprocessing.pool.ThreadPool(1)
+    pools.append(weakref.ref(pool))
+
+    def lost(_):
+      raise ConnectionError('Socket closed: /job:worker/replica:0/task:0')
+    return pool.map(lost, [0])
+
+  def collective(clear):
+    try:
+      all_reduce()
+    except ConnectionError as error:
+      return distribute._peer_lost(error) if clear else error
+
+  gc.collect()
+  gc.disable()
+  try:
+    kept = collective(clear=False)
+    assert pools[0]() is not None  # Without the clear, the cycle holds it.
+    lost = collective(clear=True)
+    assert pools[1]() is None
+  finally:
+    gc.enable()
+    del kept
+    gc.collect()
+  assert isinstance(lost, distribute.PeerLost), lost
+
+
 @pytest.mark.parametrize('flags, message', [
     ({'distribute.strategy': 'mirrored', 'distribute.cpu_devices': 3},
      'dataset.batch 4 does not divide among the 3 replicas of '
