@@ -145,3 +145,49 @@ def test_every_key_a_block_changes_is_listed(path, table):
   assert not missing, (
       f"{path.name}:{table['line']}: configs.yaml's '{block}' changes "
       f"{', '.join(missing)}, which its table does not list")
+
+
+# A cell such as "`common/nets.py` `GRUCell`, `RSSM._stats`": the file, then
+# names defined in it (a dotted name: a method of a class).
+SOURCE = re.compile(r'`((?:common|dreamerv2)/\w+\.py)`((?:[ ,(]*`[\w.]+`)*)')
+TEST = re.compile(r'`?(tests/test_\w+\.py)(?:::(test_\w+)(\*?))?')
+
+
+def defined_names(path):
+  import ast
+  names = set()
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.add(node.name)
+      if isinstance(node, ast.ClassDef):
+        names.update(f'{node.name}.{item.name}' for item in node.body
+                     if isinstance(item, ast.FunctionDef))
+    elif isinstance(node, ast.Assign):
+      names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+  return names
+
+
+def test_every_place_and_test_the_doc_names_exists():
+  # A row that points at code or a test that moved or was renamed misleads
+  # the reader who checks it: the doc must follow the code.
+  text = DOCS[0].read_text()
+  checked = 0
+  for match in SOURCE.finditer(text):
+    path = ROOT / match.group(1)
+    assert path.exists(), f'docs/faithfulness.md names {match.group(1)}'
+    names = defined_names(path)
+    for name in re.findall(r'`([\w.]+)`', match.group(2)):
+      assert name in names or name.split('.')[-1] in names, (
+          f'docs/faithfulness.md: {match.group(1)} defines no {name}')
+      checked += 1
+  for match in TEST.finditer(text):
+    path = ROOT / match.group(1)
+    assert path.exists(), f'docs/faithfulness.md names {match.group(1)}'
+    if match.group(2):
+      # test_decoder_* names every test that starts so.
+      start = f'def {match.group(2)}' + ('' if match.group(3) else '(')
+      assert start in path.read_text(), (
+          f'docs/faithfulness.md: {match.group(1)} has no {match.group(2)}')
+      checked += 1
+  assert checked > 20, checked
