@@ -1,10 +1,12 @@
-"""The values of the choice keys, kept here once (this module imports
-nothing): the code that uses a key reads them, and a run checks its config
-against them before TensorFlow loads. `check` is the one check and the one
-wording of "not one of" for every choice."""
+"""The values of the choice keys, kept here once (this module imports only
+common/errors.py): the code that uses a key reads them, and a run checks its
+config against them before TensorFlow loads (`check_all`). `check` is the one
+check and the one wording of "not one of" for every choice."""
+
+from common import errors
 
 
-class BadChoice(ValueError):
+class BadChoice(errors.UsageError):
   """A value that is not one of a key's choices."""
 
 
@@ -43,3 +45,32 @@ DISTS = ('mse', 'binary', 'onehot', 'normal', 'tanh_normal', 'trunc_normal')
 POLICY_MODES = ('train', 'eval', 'explore')
 # disag_target: what Plan2Explore's ensemble predicts.
 DISAG_TARGETS = ('embed', 'stoch', 'deter', 'feat')
+# actor.dist: 'auto' is onehot for discrete and trunc_normal for continuous
+# action parts; a continuous part needs one of CONTINUOUS_DISTS.
+ACTOR_DISTS = ('auto',) + DISTS
+CONTINUOUS_DISTS = ('trunc_normal', 'tanh_normal', 'normal')
+# clip_rewards: the squashing of the reward target (dreamerv2/agent.py).
+CLIP_REWARDS = ('identity', 'sign', 'tanh')
+# rssm.std_act: the positive map of the continuous latents' std.
+STD_ACTS = ('softplus', 'sigmoid', 'sigmoid2')
+# `*_opt.opt`: the optimizer (common/tfutils.py).
+OPTIMIZERS = ('adam',)
+# `*.act`: besides these, the name of any function of tf.nn or tf.
+ACTIVATIONS = ('none', 'mish')
+
+
+def check_all(flat):
+  """Checks every choice key of a flat config ({dotted key: value}),
+  the nested ones (`*.norm`, `*.dist`, `*_opt.opt`) by their last part."""
+  keys = {
+      'envs_parallel': PARALLEL, 'expl_behavior': tuple(EXPL_BEHAVIORS),
+      'actor_grad': ACTOR_GRADS, 'precision': PRECISIONS,
+      'warm_start.only': WARM_START, 'distribute.strategy': DISTRIBUTE,
+      'clip_rewards': CLIP_REWARDS, 'rssm.std_act': STD_ACTS,
+      'disag_target': DISAG_TARGETS, 'actor.dist': ACTOR_DISTS}
+  ends = {'.norm': NORMS, '.dist': DISTS, '_opt.opt': OPTIMIZERS}
+  for key, value in flat.items():
+    accepted = keys.get(key) or next(
+        (choices for end, choices in ends.items() if key.endswith(end)), None)
+    if accepted is not None:
+      check(key, value, accepted)

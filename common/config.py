@@ -43,6 +43,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.representer import SafeRepresenter
 
+from common import errors
+
 CONFIGS_PATH = pathlib.Path(__file__).resolve().parent.parent / 'configs.yaml'
 
 _SCALARS = (bool, int, float, str)
@@ -50,9 +52,9 @@ _BOOLS = {'true': True, 'false': False, '1': True, '0': False}
 _SCI_INT = re.compile(r'[-+]?[0-9]+[eE]\+?[0-9]+')  # 1e8, 2E+6: no point
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UsageError):
   """A run that cannot start as configured: the message says what to change.
-  Every entry point exits 2 with it (dreamerv2/build.py, `exit_on_errors`)."""
+  Every entry point exits 2 with it (common/errors.py)."""
 
 
 class Config(collections.abc.Mapping):
@@ -158,11 +160,8 @@ def parse(argv=None, configs_path=CONFIGS_PATH, prog='dreamerv2/train.py'):
   and exits 0.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  try:
+  with errors.exit_on_errors():
     return _parse(argv, configs_path, prog)
-  except _UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 def diff(old, new):
@@ -179,8 +178,8 @@ def diff(old, new):
       or old_flat[key] != new_flat[key]]
 
 
-class _UsageError(Exception):
-  pass
+class _UsageError(errors.UsageError):
+  """A bad command line."""
 
 
 def _parse(argv, configs_path, prog):

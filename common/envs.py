@@ -45,6 +45,7 @@ import gymnasium
 import numpy as np
 
 from common import choices
+from common import errors
 
 SUITES = ('atari', 'dmc', 'crafter', 'minigrid', 'gym')
 EXTRAS = 'pip install -r requirements-extras.txt'
@@ -63,16 +64,16 @@ OWN_PROCESS = {
 }
 
 
-class UnknownTask(ValueError):
+class UnknownTask(errors.UsageError):
   """A task that cannot be built as named: its suite, game or gym id does not
   exist, or its gym_kwargs are bad (so that callers report all as one)."""
 
 
-class MissingPackage(ImportError):
+class MissingPackage(errors.UsageError, ImportError):
   """An optional package that a task needs is not installed."""
 
 
-class UnsupportedSpace(ValueError):
+class UnsupportedSpace(errors.UsageError):
   """A Gym observation or action space that the agent cannot use."""
 
 
@@ -297,8 +298,24 @@ def _importable(module):
     return False
 
 
-def _one_line(error):
-  return ' '.join(str(error).split())
+def _describe(space):
+  """A gym space in one line for a message: gymnasium's own text where it
+  fits one, else its kind and shape ('MultiDiscrete(shape (2, 2))'), since
+  numpy prints an array of several rows on several lines."""
+  spaces = gymnasium.spaces
+  if isinstance(space, spaces.Dict):
+    return 'Dict(' + ', '.join(
+        f'{key!r}: {_describe(part)}'
+        for key, part in space.spaces.items()) + ')'
+  if isinstance(space, spaces.Tuple):
+    return 'Tuple(' + ', '.join(map(_describe, space.spaces)) + ')'
+  text = str(space)
+  if '\n' not in text:
+    return text
+  if isinstance(space, (spaces.Box, spaces.MultiDiscrete)):
+    dtype = f', {space.dtype}' if isinstance(space, spaces.Box) else ''
+    return f'{type(space).__name__}(shape {space.shape}{dtype})'
+  return errors.one_line(text)
 
 
 def gym_id(name):
@@ -380,11 +397,12 @@ def _make_gym(name, gym_kwargs):
   try:
     return gymnasium.make(env_id, **gym_kwargs)
   except gymnasium.error.DependencyNotInstalled as error:
-    raise MissingPackage(f"Task 'gym_{name}': {_one_line(error)}") from None
+    raise MissingPackage(
+        f"Task 'gym_{name}': {errors.one_line(error)}") from None
   except TypeError as error:  # A keyword argument the env does not take.
     raise UnknownTask(
         f'gym_kwargs {json.dumps(gym_kwargs, default=repr)} do not fit '
-        f"'{env_id}': {_one_line(error)}") from None
+        f"'{env_id}': {errors.one_line(error)}") from None
 
 
 def _hint(env_id):
@@ -683,17 +701,18 @@ def check_gym_action(space, env=None):
   """
   if _single_action(space):
     return
-  where = f' of {env}' if env is not None else ''
+  where = f' of {errors.one_line(env)}' if env is not None else ''
   if isinstance(space, gymnasium.spaces.Dict) and space.spaces:
     bad = [(k, v) for k, v in space.spaces.items() if not _single_action(v)]
     if not bad:
       return
     key, part = bad[0]
     raise UnsupportedSpace(
-        f"Unsupported action space {space}{where}: its part '{key}' is "
-        f"{part}. Supported {GYM_SUPPORTED}.")
+        f"Unsupported action space {_describe(space)}{where}: its part "
+        f"'{key}' is {_describe(part)}. Supported {GYM_SUPPORTED}.")
   raise UnsupportedSpace(
-      f'Unsupported action space {space}{where}. Supported {GYM_SUPPORTED}.')
+      f'Unsupported action space {_describe(space)}{where}. Supported '
+      f'{GYM_SUPPORTED}.')
 
 
 def _plain_action(space):
@@ -799,8 +818,8 @@ class GymWrapper:
       return (_vector_space(size),
               lambda x: np.asarray(x, np.float32).reshape(size))
     raise UnsupportedSpace(
-        f"Unsupported observation space for '{key}': {space}. Supported "
-        f"{self.SUPPORTED}.")
+        f"Unsupported observation space for '{key}': {_describe(space)}. "
+        f"Supported {self.SUPPORTED}.")
 
   def _observe(self, obs, reward, first, last, terminal):
     if self._obs_key:
@@ -912,7 +931,7 @@ class NormalizeAction:
     space = env.act_space[key]
     if not isinstance(space, gymnasium.spaces.Box):
       raise UnsupportedSpace(
-          f'NormalizeAction needs a Box action, got {space}.')
+          f'NormalizeAction needs a Box action, got {_describe(space)}.')
     self._env = env
     self._key = key
     self._scale = _BoxScale(space)
@@ -972,7 +991,7 @@ class OneHotAction:
     space = env.act_space[key]
     if not isinstance(space, gymnasium.spaces.Discrete):
       raise UnsupportedSpace(
-          f'OneHotAction needs a Discrete action, got {space}.')
+          f'OneHotAction needs a Discrete action, got {_describe(space)}.')
     self._env = env
     self._key = key
     self._space = OneHotBox(int(space.n))
@@ -1009,7 +1028,8 @@ class PartsAction:
       fields = list(space.spaces.items())
     else:
       raise UnsupportedSpace(
-          f'PartsAction needs a MultiDiscrete or Dict action, got {space}.')
+          f'PartsAction needs a MultiDiscrete or Dict action, got '
+          f'{_describe(space)}.')
     check_gym_action(space)
     self._env = env
     self._key = key
@@ -1131,8 +1151,7 @@ def make(
   (images resized to `size` by nearest neighbour), with ActionRepeat; other
   tasks take no gym_kwargs.
   """
-  if mode not in ('train', 'eval'):
-    raise ValueError(f"Unknown mode '{mode}': use 'train' or 'eval'.")
+  choices.check('mode', mode, ('train', 'eval'))
   suite, name = _split_task(task)
   gym_kwargs = _gym_kwargs(task, suite, gym_kwargs)
   if suite == 'gym':
@@ -1403,11 +1422,10 @@ def _worker(conn, ctor):
 def _await_message(conn, seconds=3e-4):
   """Poll for the next call a moment before sleeping in recv.
 
-  The driver's next step usually comes within this time; a process that
-  slept waits ~40-250 us to be woken on these 2-core VMs, and two Atari env
-  processes stepped 1.2-1.37x faster polling than sleeping
-  (bench/README.md). sched_yield hands the core to the parent when it waits
-  for one.
+  The driver's next step usually comes within this time, and waking a
+  process that sleeps in recv can take longer than a fast env's step, which
+  the lockstep of the envs waits for. sched_yield hands the core to the
+  parent when it waits for one.
   """
   deadline = time.perf_counter() + seconds
   while time.perf_counter() < deadline and not conn.poll(0):

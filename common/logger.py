@@ -36,6 +36,7 @@ import urllib.parse
 import numpy as np
 
 from common import choices
+from common import errors
 from common import utils
 
 # Shown first on the progress line, in this order; other scalars follow sorted.
@@ -267,7 +268,7 @@ TRACKERS = {'wandb': ('wandb', 'wandb'), 'mlflow': ('mlflow', 'mlflow-skinny')}
 EXTRAS = 'pip install -r requirements-extras.txt'
 
 
-class MissingTracker(ValueError):
+class MissingTracker(errors.UsageError):
   """A tracker output was chosen whose Python package is not installed."""
 
 
@@ -295,7 +296,21 @@ def _require_tracker(what, module, package):
   if importlib.util.find_spec(module) is None:
     raise MissingTracker(
         f'{what} needs the Python package {package}, which is not installed: '
-        f'`pip install {package}` (or `{EXTRAS}`)')
+        f'`pip install {pinned(package)}` (or `{EXTRAS}`)')
+
+
+def pinned(package):
+  """package==version as requirements-extras.txt pins it (the version the
+  tests ran), or the bare name."""
+  path = pathlib.Path(__file__).resolve().parent.parent / (
+      'requirements-extras.txt')
+  try:
+    for line in path.read_text().splitlines():
+      if line.split('==')[0].strip() == package:
+        return line.split('#')[0].strip()
+  except OSError:
+    pass
+  return package
 
 
 def make_outputs(names, logdir, config=None, total_steps=None, pattern=r'.*',

@@ -77,7 +77,9 @@ def get_act(name):
     return getattr(tf.nn, name)
   if hasattr(tf, name):
     return getattr(tf, name)
-  raise ValueError(f'unknown activation {name!r}')
+  raise choices.BadChoice(
+      f"activation {name!r} is not one of: {', '.join(choices.ACTIVATIONS)}, "
+      f"or a function of tf.nn or tf")
 
 
 def _glorot(shape, fan_in, fan_out):
@@ -411,7 +413,8 @@ class RSSM(tf.Module):
     self._ensemble = int(ensemble)
     self._stoch, self._deter, self._discrete = stoch, deter, discrete
     self._act = get_act(act)
-    self._std_act, self._min_std = std_act, min_std
+    self._std_act = choices.check('rssm.std_act', std_act, choices.STD_ACTS)
+    self._min_std = min_std
     self.stoch_size = stoch * discrete if discrete else stoch
     self.feat_size = self.stoch_size + deter
     stats = stoch * discrete if discrete else 2 * stoch

@@ -32,8 +32,8 @@ values in it, placed at the interval's upper edge x. The published files are
 binned this way (xs 1e6, 2e6, ... for b = 1e6), so binning them again with the
 same b leaves them unchanged.
 
-Runs as a script from the repository root: it imports nothing from this
-project and never TensorFlow.
+Runs as a script from the repository root: of this project it imports only
+common/errors.py, and never TensorFlow.
 """
 
 import argparse
@@ -47,6 +47,8 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from common import errors  # noqa: E402
 CURVE_KEYS = ('task', 'method', 'seed', 'xs', 'ys')
 REFERENCE_KEYS = ('random', 'human_gamer', 'human_record')
 STATS = ('gamer_median', 'gamer_mean', 'record_mean', 'clipped_record_mean')
@@ -55,11 +57,8 @@ COLORS = (
     '#f781bf', '#17becf', '#999999', '#bcbd22', '#1b2a6b', '#7f0000')
 
 
-class PlotError(Exception):
-  """Bad input: reported as one line, without a traceback; exits 2, as
-  every entry point of the project does for bad input."""
-
-  status = 2
+class PlotError(errors.UsageError):
+  """Bad input: one line, exit 2 (common/errors.py)."""
 
 
 def warn(message):
@@ -558,6 +557,31 @@ def read_crafter_episodes(logdir):
   return episodes
 
 
+def read_crafter_stats(logdir):
+  """The episodes that Crafter's own recorder wrote to LOGDIR/crafter/
+  stats.jsonl (the train envs', in the order they ended), as
+  read_crafter_episodes gives them, or None without that file. This is what
+  Crafter's analysis reads: every episode, also those shorter than
+  replay.minlen, which the replay does not store. Lengths are env steps."""
+  path = pathlib.Path(logdir) / 'crafter' / 'stats.jsonl'
+  if not path.is_file():
+    return None
+  keys = [f'achievement_{name}' for name in CRAFTER_ACHIEVEMENTS]
+  episodes = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      episodes.append({'length': int(row['length']), 'finished': True,
+                       'unlocked': np.array([row[key] > 0 for key in keys])})
+    except (ValueError, KeyError, TypeError) as error:
+      # A line cut by a kill is the last one; anything else is not Crafter's.
+      raise PlotError(f'{path}:{number} is not a line of Crafter\'s stats '
+                      f'({type(error).__name__}: {error}).')
+  return episodes or None
+
+
 def crafter_success_rates(episodes, budget=1e6, action_repeat=1):
   """Success rate of each achievement in percent: the share of the episodes
   within the budget that unlocked it at least once, as Crafter's
@@ -616,9 +640,14 @@ def crafter_scores(logdirs, budget=1e6):
       raise PlotError(
           f'{logdir}: config.yaml has action_repeat '
           f'{config["action_repeat"]!r}, not a whole number.')
-    episodes = read_crafter_episodes(logdir)
+    # Crafter's own stats where the run has them (every episode, in env
+    # steps); else the stored train episodes (agent steps).
+    episodes, source, repeat = read_crafter_stats(logdir), 'stats.jsonl', 1
+    if episodes is None:
+      episodes, source = read_crafter_episodes(logdir), 'train_episodes'
+      repeat = action_repeat
     rates, counted, steps, skipped = crafter_success_rates(
-        episodes, budget, action_repeat)
+        episodes, budget, repeat)
     if rates is None:
       raise PlotError(
           f'{logdir} has no finished episode within the budget of '
@@ -629,7 +658,7 @@ def crafter_scores(logdirs, budget=1e6):
            'such runs, here it counts')
     runs.append({
         'task': task, 'method': method, 'seed': seed, 'logdir': str(logdir),
-        'action_repeat': action_repeat, 'episodes': counted,
+        'action_repeat': action_repeat, 'source': source, 'episodes': counted,
         'unfinished_episodes': skipped, 'env_steps': steps,
         'success_rates': dict(zip(CRAFTER_ACHIEVEMENTS, rates.tolist())),
         'score': crafter_score(rates)})
@@ -823,11 +852,8 @@ def draw_stats(ax, stats, colors):
 
 def main(argv=None):
   args = parse_args(argv)
-  try:
+  with errors.exit_on_errors(prefix='plot.py: error'):
     run(args)
-  except PlotError as error:
-    print(f'plot.py: error: {error}', file=sys.stderr)
-    sys.exit(error.status)
 
 
 def run(args):

@@ -33,8 +33,7 @@ class Optimizer(tf.Module):
   def __init__(self, name, variables, lr, eps=1e-4, clip=None, wd=None,
                opt='adam', wd_pattern=r'.*', beta1=0.9, beta2=0.999):
     super().__init__(name=name)
-    if opt != 'adam':
-      raise ValueError(f'{name}_opt.opt must be adam, got {opt!r}')
+    choices.check(f'{name}_opt.opt', opt, choices.OPTIMIZERS)
     self._name = name
     self.params = list(variables)
     self._lr, self._eps, self._clip, self._wd = lr, eps, clip, wd
@@ -337,8 +336,7 @@ class CheckpointMismatch(ValueError):
   """A checkpoint of a model with other variables or sizes."""
 
 
-# Reading the file needs no TensorFlow (eval.py reads a checkpoint's step
-# first).
+# Reading the file needs no TensorFlow (common/rundir.py reads checkpoints).
 CheckpointUnreadable = utils.CheckpointUnreadable
 read_checkpoint = utils.read_checkpoint
 

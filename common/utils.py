@@ -12,6 +12,8 @@ import signal
 import sys
 import threading
 
+from common import errors
+
 
 class Counter:
   """An integer that callbacks can increment; `int(counter)` reads it."""
@@ -56,9 +58,12 @@ class Until:
     return (not self._until) or int(step) < self._until
 
 
-class DiskFull(OSError):
+class DiskFull(errors.RunEnded, OSError):
   """A write that failed for lack of space: the message names the file, the
   bytes it needed and the space that was free."""
+
+  hint = ('The checkpoint and the episodes written before are kept; free some '
+          'space and run the same command to resume.')
 
   def __str__(self):
     return self.strerror

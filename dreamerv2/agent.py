@@ -245,9 +245,10 @@ class WorldModel(tf.Module):
       elif value.dtype == tf.int32:
         obs[key] = tf.cast(value, dtype)
     if 'reward' in obs:
-      obs['reward'] = {
-          'identity': tf.identity, 'sign': tf.sign, 'tanh': tf.tanh,
-      }[self.config.clip_rewards](tf.cast(obs['reward'], tf.float32))
+      clip = choices.check(
+          'clip_rewards', self.config.clip_rewards, choices.CLIP_REWARDS)
+      squash = {'identity': tf.identity, 'sign': tf.sign, 'tanh': tf.tanh}
+      obs['reward'] = squash[clip](tf.cast(obs['reward'], tf.float32))
     if 'is_terminal' in obs:
       obs['discount'] = self.config.discount * (
           1.0 - tf.cast(obs['is_terminal'], tf.float32))
@@ -474,19 +475,15 @@ def action_parts(discrete):
                for name, kind, size in discrete)
 
 
-CONTINUOUS_DISTS = ('trunc_normal', 'tanh_normal', 'normal')
-
-
 def _continuous_dist(dist, parts):
   """actor.dist for the continuous parts: 'auto' is trunc_normal; with a
   continuous part, it must be a continuous distribution."""
   if dist == 'auto':
     return 'trunc_normal'
   continuous = [name for name, kind, _ in parts if kind == 'continuous']
-  if continuous and dist not in CONTINUOUS_DISTS:
-    raise ValueError(
-        f"actor.dist {dist!r} cannot act on the continuous action part "
-        f"{continuous[0]!r}: use auto or one of {', '.join(CONTINUOUS_DISTS)}")
+  if continuous:
+    choices.check(f'actor.dist (the action part {continuous[0]!r} is '
+                  f'continuous)', dist, ('auto',) + choices.CONTINUOUS_DISTS)
   return dist
 
 

@@ -39,7 +39,10 @@ arguments that returns a new gymnasium env builds the envs as train.py does
 for a task: `envs` train envs and min(envs, eval_eps) eval envs (seeded
 apart), in `envs_parallel` (with 'process' the function travels to the
 child with cloudpickle, so a lambda works), each with `action_repeat`
-(summed rewards, the last observation) and `time_limit`.
+(summed rewards, the last observation) and `time_limit`; the spaces are
+checked on one env made and closed before anything is written. An
+`eval_env` given with a function replaces the eval envs: it runs in this
+process, with the same `action_repeat` and `time_limit`.
 """
 
 import collections.abc
@@ -80,8 +83,12 @@ def train(env, config, outputs=None, eval_env=None):
     config = defaults().update(config)
   if not isinstance(env, gymnasium.Env) and callable(env):
     build.check_config(config)
+    _check_factory(env, config)
+    eval_envs = None
+    if eval_env is not None:
+      eval_envs = [_gym_env(eval_env, config, config.seed + build.EVAL_SEED)]
     rundir.prepare(config.logdir)
-    loop.run(config, functools.partial(_factory_envs, env, config, eval_env),
+    loop.run(config, functools.partial(_factory_envs, env, config, eval_envs),
              outputs, envs_of_task=False)
     return
   size = tuple(config.render_size)
@@ -103,28 +110,39 @@ def train(env, config, outputs=None, eval_env=None):
            envs_of_task=False)
 
 
-def _factory_envs(make_env, config, eval_env=None):
+def _check_factory(make_env, config):
+  """UnsupportedSpace for spaces the agent cannot use, from one env of
+  `make_env` built where the train envs run (config.envs_parallel) and
+  closed, so that nothing is written and TensorFlow is not loaded."""
+  ctor = _Portable(make_env) if config.envs_parallel == 'process' else make_env
+  envs_lib.Parallel(
+      functools.partial(_made_env, ctor, config, config.seed),
+      config.envs_parallel, name='the first env').close()
+
+
+def _factory_envs(make_env, config, eval_envs=None):
   """(train envs, eval envs) made by `make_env`, as build.make_task_envs
-  makes a task's."""
+  makes a task's; `eval_envs` replace the eval envs if given."""
   ctor = _Portable(make_env) if config.envs_parallel == 'process' else make_env
   def envs(count, offset, mode):
     return [envs_lib.Parallel(
-        functools.partial(_gym_env, ctor, config, config.seed + offset + i),
+        functools.partial(_made_env, ctor, config, config.seed + offset + i),
         config.envs_parallel, name=f'{mode} env {i}') for i in range(count)]
   train_envs = envs(config.envs, 0, 'train')
-  if eval_env is not None:
-    return train_envs, [envs_lib.from_gym(
-        eval_env, seed=config.seed + build.EVAL_SEED,
-        time_limit=config.time_limit, size=tuple(config.render_size))]
+  if eval_envs is not None:
+    return train_envs, eval_envs
   return train_envs, envs(
       min(config.envs, config.eval_eps), build.EVAL_SEED, 'eval')
 
 
-def _gym_env(make_env, config, seed):
-  """One interface env of a gym env from `make_env`, with the run's action
-  repeat, time limit and image size."""
-  env = envs_lib.from_gym(
-      make_env(), seed=seed, size=tuple(config.render_size))
+def _made_env(make_env, config, seed):
+  return _gym_env(make_env(), config, seed)
+
+
+def _gym_env(gym_env, config, seed):
+  """The interface env of a gym env with the run's action repeat, time limit
+  and image size."""
+  env = envs_lib.from_gym(gym_env, seed=seed, size=tuple(config.render_size))
   if config.action_repeat != 1:
     env = envs_lib.ActionRepeat(env, config.action_repeat)
   if config.time_limit:
@@ -199,17 +217,23 @@ def make_env(logdir_or_config, mode='eval', seed=None, task=None):
   limit, size, sticky actions, camera), from its logdir or Config. DMC envs
   run in a child process (MuJoCo's renderer beside TensorFlow crashes a
   process); either way the env has reset(), step(action), close() and its
-  spaces. seed: default the run's seed + 2000 (neither train nor eval envs');
-  task: another task with the same spaces."""
+  spaces. seed: default `load_seed(config)`; task: another task with the
+  same spaces."""
   config = logdir_or_config
   if not isinstance(config, config_lib.Config):
     config, _ = rundir.load(config)
   if task:
     config = config.update({'task': task})
-  seed = config.seed + build.LOAD_SEED if seed is None else seed
+  seed = load_seed(config, seed)
   strategy, _ = envs_lib.where_to_run(config.task, 'none')
   return envs_lib.Parallel(
       functools.partial(build.make_env, config, mode, seed), strategy)
+
+
+def load_seed(config, seed=None):
+  """The seed of a loaded run's envs (api.make_env, eval.py): `seed`, or the
+  run's seed + build.LOAD_SEED, which neither its train nor eval envs use."""
+  return config.seed + build.LOAD_SEED if seed is None else seed
 
 
 def resized_images(gym_env, env):

@@ -1,6 +1,5 @@
 """A run's parts from its config: the checks that run before TensorFlow
-loads, the task's envs, the agent, the random policy; and the one mapping
-from errors to exit statuses that every entry point uses (`exit_on_errors`).
+loads, the task's envs, the agent, the random policy, the outputs.
 
 Seeds: the train envs take config.seed + index, the eval envs and the random
 eval policy config.seed + EVAL_SEED + index, and the envs of eval.py and
@@ -18,6 +17,7 @@ import numpy as np
 
 from common import choices
 from common import envs as envs_lib
+from common import errors
 from common import logger as logger_lib
 from common import utils
 from common.config import ConfigError
@@ -30,15 +30,7 @@ LOAD_SEED = 2000
 def check_config(config):
   """ConfigError (or choices.BadChoice) for a value that would only fail
   later; no TensorFlow here."""
-  flat = config.flat
-  for key, accepted in {
-      'envs_parallel': choices.PARALLEL,
-      'expl_behavior': tuple(choices.EXPL_BEHAVIORS),
-      'actor_grad': choices.ACTOR_GRADS,
-      'precision': choices.PRECISIONS,
-      'warm_start.only': choices.WARM_START,
-  }.items():
-    choices.check(key, flat[key], accepted)
+  choices.check_all(config.flat)
   distribute.check_config(config)
   logger_lib.check_outputs(config.log.outputs)
   if config.warm_start.checkpoint:
@@ -111,32 +103,47 @@ def agent(config, obs_space, act_space, strategy=None):
 REPLAY_OVERHEAD = 1.03
 
 
-def available_memory():
-  """Bytes of memory available to a new allocation (Linux MemAvailable), or
-  None where the system does not say."""
+def available_memory(root='/'):
+  """Bytes of memory available to a new allocation, or None where the system
+  does not say: Linux's MemAvailable, or less when the process's cgroup (a
+  container's or a cluster job's memory limit, v2 or v1) leaves less."""
+  root = pathlib.Path(root)
+  found = []
   try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
+    for line in (root / 'proc/meminfo').read_text().splitlines():
+      if line.startswith('MemAvailable:'):
+        found.append(int(line.split()[1]) * 1024)
   except (OSError, ValueError, IndexError):
     pass
-  return None
+  cgroup = root / 'sys/fs/cgroup'
+  for limit, usage in (('memory.max', 'memory.current'),
+                       ('memory/memory.limit_in_bytes',
+                        'memory/memory.usage_in_bytes')):
+    try:
+      limit = (cgroup / limit).read_text().strip()
+      if limit != 'max' and int(limit) < 2 ** 60:  # v1 says "none" so.
+        found.append(max(0, int(limit) - int((cgroup / usage).read_text())))
+      break
+    except (OSError, ValueError):
+      continue
+  return min(found) if found else None
 
 
 def replay_memory_warning(obs_space, act_space, capacity, available=None):
-  """One warning line when a replay of `capacity` steps of these spaces
-  would not fit in the available memory, else None."""
+  """One warning line when the replays of `capacity` train steps (and the
+  eval replay's capacity // 100) of these spaces would not fit in the
+  available memory, else None."""
   available = available_memory() if available is None else available
   spaces = {**obs_space, **act_space}
   step = REPLAY_OVERHEAD * sum(
       int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
       for space in spaces.values())
-  if not available or capacity * step <= available:
+  total = capacity + capacity // 100  # The eval replay's share.
+  if not available or total * step <= available:
     return None
-  fits = int(available // step)
-  return (f'Warning: at replay.capacity {int(capacity)} steps the replay '
-          f'grows to {utils.format_bytes(capacity * step)} '
+  fits = int(available // (step * 1.01))
+  return (f'Warning: at replay.capacity {int(capacity)} steps the replays '
+          f'grow to {utils.format_bytes(total * step)} '
           f'({utils.format_bytes(step)} a step), more than the '
           f'{utils.format_bytes(available)} of memory available: lower '
           f'--replay.capacity (about {fits} steps fit).')
@@ -223,48 +230,15 @@ def mujoco_rendering_off():
       os.environ['MUJOCO_GL'] = previous
 
 
-class EnvFailed(Exception):
+class EnvFailed(errors.RunEnded):
   """An env's error or death, after the run was saved: one line for users."""
+
+  hint = 'The run is saved; run the same command to resume.'
 
   def __init__(self, error):
     self.error = error
-    self.traceback = ''.join(getattr(error, '__notes__', []))
+    self.details = ''.join(getattr(error, '__notes__', []))
     name = getattr(error, 'env', None)
     text = (str(error) if name is None
             else f'{name} failed: {type(error).__name__}: {error}')
     super().__init__(text)
-
-
-# Errors that mean "fix the command": one line, exit status 2.
-USAGE_ERRORS = (ConfigError, choices.BadChoice, envs_lib.UnknownTask,
-                envs_lib.MissingPackage, envs_lib.UnsupportedSpace,
-                logger_lib.MissingTracker)
-
-
-@contextlib.contextmanager
-def exit_on_errors(interrupted='Aborted by a second Ctrl-C.'):
-  """The exit statuses of every entry point: 2 and one line for a usage
-  error; 1 for an env that failed or a full disk, whose run is saved; 130
-  with `interrupted` for a Ctrl-C that was not handled as a stop."""
-  try:
-    yield
-  except USAGE_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except EnvFailed as e:
-    if e.traceback:
-      print(e.traceback, file=sys.stderr)
-    print(f'error: {e}. The run is saved; run the same command to resume.',
-          file=sys.stderr)
-    sys.exit(1)
-  except distribute.PeerLost as e:
-    print(f'error: {e}.', file=sys.stderr)
-    sys.exit(1)
-  except utils.DiskFull as e:
-    print(f'error: {e}. The checkpoint and the episodes written before are '
-          f'kept; free some space and run the same command to resume.',
-          file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print(interrupted, file=sys.stderr)
-    sys.exit(130)

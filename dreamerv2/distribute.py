@@ -15,6 +15,7 @@ import os
 import time
 
 from common import choices
+from common import errors
 from common.config import ConfigError
 
 # A worker samples the chief's episodes with a replay seed of its own.
@@ -87,7 +88,7 @@ def make_strategy(config):
   return strategy
 
 
-class PeerLost(Exception):
+class PeerLost(errors.RunEnded):
   """Multi-worker: another process of the cluster died or stopped answering;
   one line naming it."""
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from common import driver as driver_lib
 from common import envs as envs_lib
+from common import errors
 from common import logger as logger_lib
 from common import rundir
 from common import utils
@@ -81,7 +82,7 @@ def check_spaces(run_spaces, env, task):
 
 def main(argv=None):
   args = parse(argv)
-  with build.exit_on_errors():
+  with errors.exit_on_errors():
     evaluate(args)
 
 
@@ -102,8 +103,8 @@ def evaluate(args):
   with build.mujoco_rendering_off():
     envs_lib.check_task(task, config.gym_kwargs)
   checkpoint = rundir.find_checkpoint(logdir, args.checkpoint)
-  seed = config.seed + build.LOAD_SEED if args.seed is None else args.seed
   from dreamerv2 import api
+  seed = api.load_seed(config, args.seed)
   try:
     env = api.make_env(config, 'eval', seed, task)
   except ValueError as e:

@@ -24,6 +24,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from common import config as config_lib  # noqa: E402
 from common import envs as envs_lib  # noqa: E402
+from common import errors  # noqa: E402
 from common import rundir  # noqa: E402
 from dreamerv2 import build  # noqa: E402
 from dreamerv2 import loop  # noqa: E402
@@ -31,7 +32,7 @@ from dreamerv2 import loop  # noqa: E402
 
 def main(argv=None):
   config = config_lib.parse(argv)  # Exits 2 on bad flags.
-  with build.exit_on_errors(
+  with errors.exit_on_errors(interrupted=
       'Aborted by a second Ctrl-C: the checkpoint was not saved.'):
     build.check_config(config)
     with build.mujoco_rendering_off():

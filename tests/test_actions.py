@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
 from common import envs
+from common import errors
 from dreamerv2 import agent as agent_lib
 from dreamerv2 import api
 from dreamerv2 import build
@@ -193,15 +194,21 @@ def test_a_dict_of_a_multidiscrete_names_each_dimension():
     (Spaces.Dict({'arm': Spaces.Dict({'grip': Spaces.Discrete(2)})}),
      r"its part 'arm' is Dict\('grip': Discrete\(2\)\)"),
     (Spaces.Dict({'text': Spaces.Text(4)}), r"its part 'text' is Text"),
-    (Spaces.MultiDiscrete([[2, 2]]), r'MultiDiscrete\(\[\[2 2\]\]\)'),
-], ids=['tuple', 'nested_dict', 'dict_of_text', 'multidiscrete_2d'])
+    # numpy prints its two rows on two lines: the message names the shape.
+    (Spaces.MultiDiscrete([[2, 3], [2, 2]]),
+     r'space MultiDiscrete\(shape \(2, 2\)\) of'),
+    (Spaces.Dict({'move': Spaces.Box(
+        np.zeros((2, 2), np.float32), np.float32([[1, 1], [2, 2]]))}),
+     r"its part 'move' is Box\(shape \(2, 2\), float32\)"),
+], ids=['tuple', 'nested_dict', 'dict_of_text', 'multidiscrete_2d',
+        'dict_of_2d_box'])
 def test_unsupported_action_spaces_exit_2_naming_them(action, named, capsys):
   inner = MultiDiscreteEnv()
   inner.action_space = action
   with pytest.raises(envs.UnsupportedSpace, match=named):
     envs.from_gym(inner)
   with pytest.raises(SystemExit) as exit_:
-    with build.exit_on_errors():
+    with errors.exit_on_errors():
       envs.from_gym(inner)
   assert exit_.value.code == 2
   lines = capsys.readouterr().err.splitlines()

@@ -207,3 +207,35 @@ def test_unsupported_spaces_are_rejected_before_anything_runs(
   with pytest.raises(envs.UnsupportedSpace):
     api.train(Env(), config)
   assert not logdir.exists()
+  # The class is a function of no arguments that makes the env: a factory.
+  for parallel in ('none', 'process'):
+    with pytest.raises(envs.UnsupportedSpace):
+      api.train(Env, config.update({'envs_parallel': parallel}))
+    assert not logdir.exists()
+
+
+class EndlessEnv(gymnasium.Env):
+  """Reward 1 per frame, no end of its own: an episode's return is the
+  number of frames it lasted."""
+
+  observation_space = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
+  action_space = gymnasium.spaces.Discrete(2)
+
+  def reset(self, seed=None, options=None):
+    super().reset(seed=seed)
+    return np.zeros(2, np.float32), {}
+
+  def step(self, action):
+    return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+def test_an_eval_env_given_with_a_factory_repeats_actions_as_train_envs(
+    tmp_path):
+  logdir = tmp_path / 'run'
+  config = api.defaults().update({
+      **TINY, 'logdir': str(logdir), 'action_repeat': 2, 'time_limit': 25})
+  api.train(EndlessEnv, config, eval_env=EndlessEnv())
+  # 25 agent steps of 2 frames each, in train and eval episodes alike.
+  metrics = read_metrics(logdir)
+  assert metrics['train_return'] == 50 and metrics['eval_return'] == 50
+  assert metrics['train_length'] == metrics['eval_length'] == 25

@@ -275,6 +275,12 @@ def test_env_speed_reports_steps_per_second(tmp_path):
               'gymnasium_preprocessing_steps_per_second',
               'ours_over_gymnasium'):
     assert is_finite(result[key]) and result[key] > 0, (key, result)
+
+
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
+def test_env_speed_figures_are_the_medians_of_their_rounds(tmp_path):
+  result = run_bench(['bench/env_speed.py', '--steps', '200', '--rounds', '2'],
+                     tmp_path)[-1]
   assert_medians_of_rounds(result, 2, 'env_steps_per_second',
                            'ours_steps_per_second',
                            'gymnasium_preprocessing_steps_per_second',

@@ -376,9 +376,12 @@ def test_check_outputs_names_the_pip_command_of_a_missing_tracker(
   assert isinstance(error.value, ValueError)
   assert str(error.value) == (
       "log.outputs 'wandb' needs the Python package wandb, which is not "
-      'installed: `pip install wandb` (or `pip install -r '
+      'installed: `pip install wandb==0.31.0` (or `pip install -r '
       'requirements-extras.txt`)')
-  with pytest.raises(logging_.MissingTracker, match='install mlflow-skinny'):
+  # The version the extras pin, the one the tests ran with.
+  assert 'wandb==0.31.0' in (ROOT / 'requirements-extras.txt').read_text()
+  with pytest.raises(logging_.MissingTracker,
+                     match='install mlflow-skinny==3.18.0'):
     logging_.check_outputs('jsonl,mlflow')
   # A database store needs more than mlflow-skinny: said before any work.
   with pytest.raises(logging_.MissingTracker, match='pip install sqlalchemy'):

@@ -431,6 +431,47 @@ def test_crafter_an_episode_cut_at_a_stop_spends_steps_only(tmp_path):
   assert run['success_rates']['collect_wood'] == 50
 
 
+def test_crafter_score_reads_crafters_own_stats_where_the_run_has_them(
+    tmp_path):
+  # The replay keeps only episodes of replay.minlen steps or more; Crafter's
+  # recorder writes every one, and Crafter's analysis reads that file.
+  logdir = write_crafter_run(tmp_path / 'run', [(100, {'collect_wood'})])
+  rows = [{'length': 30, 'reward': 0.0}, {'length': 100, 'reward': 1.0},
+          {'length': 40, 'reward': 0.0}]
+  for row, wood in zip(rows, (0, 2, 1)):
+    row.update({f'achievement_{name}': 0 for name in plot.CRAFTER_ACHIEVEMENTS})
+    row['achievement_collect_wood'] = wood
+  (logdir / 'crafter').mkdir()
+  (logdir / 'crafter' / 'stats.jsonl').write_text(
+      ''.join(json.dumps(row) + '\n' for row in rows))
+  (run,) = plot.crafter_scores([logdir])['runs']
+  assert (run['source'], run['episodes'], run['env_steps']) == (
+      'stats.jsonl', 3, 170)
+  assert run['success_rates']['collect_wood'] == pytest.approx(200 / 3)
+  (run,) = plot.crafter_scores([logdir], budget=130)['runs']
+  assert run['episodes'] == 2 and run['success_rates']['collect_wood'] == 50
+  (logdir / 'crafter' / 'stats.jsonl').write_text('{"length": 3')
+  with pytest.raises(plot.PlotError, match=r'stats.jsonl:1 is not a line'):
+    plot.crafter_scores([logdir])
+
+
+def test_crafter_stats_of_the_env_are_what_the_score_reads(tmp_path):
+  pytest.importorskip('crafter')
+  from common import envs
+  env = envs.make('crafter_reward', 'train', seed=0, outdir=tmp_path / 'run'
+                  / 'crafter', time_limit=0)
+  rng = np.random.default_rng(0)
+  obs, steps = env.reset(), 0
+  n = env.act_space['action'].shape[0]
+  while not obs['is_last']:  # A random agent dies within some hundred steps.
+    obs = env.step({'action': np.eye(n, dtype=np.float32)[rng.integers(n)]})
+    steps += 1
+  env.close()
+  episodes = plot.read_crafter_stats(tmp_path / 'run')
+  assert len(episodes) == 1 and episodes[0]['length'] == steps
+  assert episodes[0]['unlocked'].shape == (22,)
+
+
 def test_crafter_scores_over_seeds(tmp_path):
   # Seed k unlocks collect_wood in k of its 4 episodes: 25k %.
   for k in (1, 2, 4):
@@ -470,7 +511,7 @@ def test_crafter_score_command_prints_the_table_and_json(tmp_path):
   assert printed['budget'] == 400
   assert printed['achievements'] == list(plot.CRAFTER_ACHIEVEMENTS)
   assert set(printed['runs'][0]) == {
-      'task', 'method', 'seed', 'logdir', 'action_repeat', 'episodes',
+      'task', 'method', 'seed', 'logdir', 'action_repeat', 'source', 'episodes',
       'unfinished_episodes', 'env_steps', 'success_rates', 'score'}
   (mine,) = printed['methods']
   assert set(mine) == {'task', 'method', 'seeds', 'score_mean', 'score_std',

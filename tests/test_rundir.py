@@ -79,13 +79,35 @@ def test_a_replay_larger_than_the_memory_is_warned_about_before_prefill():
   obs = {'image': gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8),
          'reward': gymnasium.spaces.Box(-np.inf, np.inf, (), np.float32)}
   act = {'action': envs.OneHotBox(18)}
-  # 12288 + 4 + 18 * 4 bytes, times the replay's 1.03.
+  # 12288 + 4 + 18 * 4 bytes, times the replay's 1.03; the eval replay
+  # holds capacity // 100 more.
   step = 1.03 * (64 * 64 * 3 + 4 + 72)
   warning = build.replay_memory_warning(obs, act, 2e6, available=1e9)
   assert warning.startswith('Warning: at replay.capacity 2000000 steps')
-  assert f'{2e6 * step / 1e9:.1f} GB' in warning
+  assert f'{2.02e6 * step / 1e9:.1f} GB' in warning
   assert '1.0 GB of memory available' in warning
-  assert f'about {int(1e9 // step)} steps fit' in warning
+  assert f'about {int(1e9 // (step * 1.01))} steps fit' in warning
   assert '--replay.capacity' in warning and '\n' not in warning
   assert build.replay_memory_warning(obs, act, 1e4, available=1e9) is None
   assert build.available_memory() > 0
+
+
+def test_available_memory_is_the_least_of_the_system_and_the_cgroup(tmp_path):
+  from dreamerv2 import build
+  (tmp_path / 'proc').mkdir()
+  (tmp_path / 'proc' / 'meminfo').write_text(
+      'MemTotal: 24000000 kB\nMemAvailable: 20000000 kB\n')
+  assert build.available_memory(tmp_path) == 20000000 * 1024
+  cgroup = tmp_path / 'sys' / 'fs' / 'cgroup'
+  cgroup.mkdir(parents=True)
+  (cgroup / 'memory.max').write_text('max\n')
+  (cgroup / 'memory.current').write_text('1000\n')
+  assert build.available_memory(tmp_path) == 20000000 * 1024  # No limit.
+  (cgroup / 'memory.max').write_text('8000000000\n')
+  assert build.available_memory(tmp_path) == 8000000000 - 1000  # A job's.
+  (cgroup / 'memory.max').unlink()
+  (cgroup / 'memory').mkdir()
+  (cgroup / 'memory' / 'memory.limit_in_bytes').write_text('4000000000\n')
+  (cgroup / 'memory' / 'memory.usage_in_bytes').write_text('3000000000\n')
+  assert build.available_memory(tmp_path) == 1000000000  # cgroup v1.
+  assert build.available_memory(tmp_path / 'none') is None

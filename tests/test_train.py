@@ -381,6 +381,11 @@ def test_a_warm_start_takes_the_world_model_only(finished_run, tmp_path):
     (['--actor_grad', 'policy'], 'auto, reinforce, dynamics, both'),
     (['--envs_parallel', 'fork'], 'none, thread, process'),
     (['--precision', '8'], '16, 32'),
+    (['--clip_rewards', 'clip'], 'identity, sign, tanh'),
+    (['--rssm.std_act', 'exp'], 'softplus, sigmoid, sigmoid2'),
+    (['--actor_opt.opt', 'sgd'], "actor_opt.opt 'sgd' is not one of: adam"),
+    (['--critic.norm', 'batch'], "critic.norm 'batch' is not one of"),
+    (['--actor.dist', 'beta'], 'auto, mse, binary'),
     (['--nosuchkey', '1'], 'nosuchkey'),
     (['--logdir', '/proc/x/run'], '/proc/x/run'),
     (['--logdir', ''], '--logdir'),
@@ -461,6 +466,56 @@ def test_bad_gym_tasks_exit_2_with_one_line_and_write_nothing(
   assert len(lines) == 1 and lines[0].startswith('error: ') and (
       message in lines[0]), lines
   assert not logdir.exists() or not any(logdir.iterdir())
+
+
+# Registers test-only gym ids for `--task gym_test_gym_ids:<id>`.
+TEST_GYM_IDS = '''
+import gymnasium
+import numpy as np
+
+
+class GridEnv(gymnasium.Env):
+  """Two rows of choices: numpy prints this action space on two lines."""
+  observation_space = gymnasium.spaces.Box(-1, 1, (3,), np.float32)
+  action_space = gymnasium.spaces.MultiDiscrete([[2, 3], [2, 2]])
+
+
+class NeedsBox2dEnv(gymnasium.Env):
+  def __init__(self):
+    raise gymnasium.error.DependencyNotInstalled(
+        'Box2D is not installed,\\n run `pip install swig`')
+
+
+gymnasium.register('TestGrid-v0', entry_point=GridEnv)
+gymnasium.register('TestNeedsBox2d-v0', entry_point=NeedsBox2dEnv)
+'''
+
+
+@pytest.mark.parametrize('task, message', [
+    ('gym_test_gym_ids:TestGrid-v0',
+     "Task 'gym_test_gym_ids:TestGrid-v0': Unsupported action space "
+     "MultiDiscrete(shape (2, 2))"),
+    ('gym_test_gym_ids:TestNeedsBox2d-v0',
+     'Box2D is not installed, run `pip install swig`'),
+    ('gym_no_such_module:Thing-v0', "imports the module 'no_such_module'"),
+], ids=['unusable_space', 'missing_dependency', 'missing_module'])
+def test_a_gym_id_that_cannot_run_stops_before_tensorflow_with_one_line(
+    tmp_path, task, message):
+  (tmp_path / 'test_gym_ids.py').write_text(TEST_GYM_IDS)
+  path = os.pathsep.join(
+      [str(tmp_path)] + os.environ.get('PYTHONPATH', '').split(os.pathsep))
+  logdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-c', TRACKED, '--logdir', str(logdir),
+       '--configs', 'defaults', 'vector', '--task', task],
+      cwd=ROOT, env={**os.environ, 'PYTHONPATH': path}, capture_output=True,
+      text=True, timeout=60)
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == 'TF_LOADED=False'
+  assert len(lines) == 2 and lines[0].startswith('error: '), result.stderr
+  assert message in lines[0]
+  assert not logdir.exists()  # Nothing was written.
 
 
 @pytest.mark.parametrize('behavior, actor_grad', [
@@ -656,3 +711,37 @@ def test_the_comparison_tells_two_seeds_apart(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     runs.append(logdir)
   assert compare_runs(*runs) == (False, False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('mlflow') is None,
+                    reason='needs mlflow (make extras)')
+def test_train_py_logs_to_mlflow_at_frames_and_warns_of_memory_first(
+    tmp_path, monkeypatch):
+  # The tracker gets what metrics.jsonl gets, at the same steps (env
+  # frames), and the replay's memory warning comes before the prefill.
+  from mlflow.tracking import MlflowClient
+  monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')  # To read it here.
+  logdir = tmp_path / 'atari_pong' / 'dreamerv2' / '1'
+  env = {**os.environ, 'MLFLOW_DISABLE_TELEMETRY': 'true',
+         'PYTHONUNBUFFERED': '1'}
+  env.pop('MLFLOW_TRACKING_URI', None)
+  result = subprocess.run(
+      command(logdir, {'steps': 150, 'log.outputs': 'jsonl mlflow',
+                       'replay.capacity': '1e12'}),
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      timeout=300, env=env)
+  assert result.returncode == 0, result.stdout
+  out = result.stdout
+  warning = [line for line in out.splitlines()
+             if line.startswith('Warning: at replay.capacity')]
+  assert len(warning) == 1 and '--replay.capacity' in warning[0]
+  assert out.index('Warning: at replay.capacity') < out.index('Prefill')
+  client = MlflowClient((logdir / 'mlruns').resolve().as_uri())
+  run = client.get_run((logdir / 'mlflow_run_id').read_text().strip())
+  assert run.info.run_name == 'atari_pong/dreamerv2/1'
+  assert run.data.params['steps'] == '150'
+  rows = [row for row in read_metrics(logdir) if 'model_loss' in row]
+  history = client.get_metric_history(run.info.run_id, 'model_loss')
+  assert rows and [(m.step, m.value) for m in history] == [
+      (row['step'], pytest.approx(row['model_loss'])) for row in rows]
+  assert all(m.step % 4 == 0 for m in history)  # Frames: 4 per agent step.
