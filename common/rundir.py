@@ -205,13 +205,23 @@ def restore(agent, logdir, config):
 # A run holds LOGDIR/lock while it runs: a JSON file with its pid, host, start
 # time and a heartbeat that a thread rewrites every HEARTBEAT seconds. It is
 # created with O_CREAT | O_EXCL, which is atomic on a local disk and on NFS
-# v3 and later (and on Lustre). A lock is stale, and is taken over, when its
-# process is gone (same host: the pid no longer runs, or runs another program
+# v3 and later (and on Lustre). A lock is stale when its process is gone
+# (same host: the pid no longer runs, is a zombie, or runs another program
 # that started later) or, from another host, when its heartbeat is older than
 # STALE_AFTER seconds (a SIGKILLed or preempted run writes none).
+#
+# A stale lock is taken over so that of two runs resuming at once only one
+# gets it: each renames the lock to a name of its own (a rename is atomic:
+# one of them moves the file, the other finds none), and the one that moved
+# the stale lock it judged deletes it and creates its own with O_EXCL; one
+# that moved another run's fresh lock instead puts it back (os.link, which
+# fails if a lock exists). The heartbeat checks that the lock is still its
+# own: removed by hand, it is created again; held by another run (one that
+# judged this one gone, e.g. after this host froze for STALE_AFTER), this run
+# ends at once, without saving, so that one run writes the logdir.
 
 LOCK = 'lock'
-HEARTBEAT = 30
+HEARTBEAT = 10
 STALE_AFTER = 300
 
 
@@ -219,12 +229,13 @@ class LogdirInUse(ConfigError):
   """Another live run holds the logdir."""
 
 
-def _process_start(pid):
-  """The start time of process `pid` in clock ticks since boot (Linux), or
-  None where /proc does not tell."""
+def _process_stat(pid):
+  """(state, start time in clock ticks since boot) of process `pid` (Linux),
+  or None where /proc does not tell."""
   try:
     with open(f'/proc/{pid}/stat') as f:
-      return int(f.read().rsplit(')', 1)[1].split()[19])
+      fields = f.read().rsplit(')', 1)[1].split()
+    return fields[0], int(fields[19])
   except (OSError, ValueError, IndexError):
     return None
 
@@ -238,8 +249,26 @@ def _alive(holder):
     return False
   except (PermissionError, TypeError, ValueError):
     return pid is not None
-  started = holder.get('started')
-  return started is None or _process_start(pid) in (None, started)
+  stat = _process_stat(pid)
+  if stat is None:
+    return True
+  state, started = stat
+  # A zombie has ended; its parent has not yet collected it.
+  return state not in 'ZX' and holder.get('started') in (None, started)
+
+
+def _read(path):
+  """The lock at `path` as a dict, or None if it is missing or unreadable
+  (e.g. being written)."""
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def _same_run(one, other):
+  return all(one.get(k) == other.get(k)
+             for k in ('pid', 'host', 'started', 'since'))
 
 
 class Lock:
@@ -254,31 +283,33 @@ class Lock:
     self._heartbeat, self._stale_after = heartbeat, stale_after
     self._stop = threading.Event()
     self._thread = None
+    started = _process_stat(os.getpid())
     self.holder = {
         'pid': os.getpid(), 'host': socket.gethostname(),
-        'started': _process_start(os.getpid()), 'since': time.time()}
+        'started': started and started[1], 'since': time.time()}
 
   def __enter__(self):
     import threading
-    for _ in range(3):
+    taken_from = None
+    for _ in range(5):
       if self._create():
         break
-      held = self._read()
-      if held is None:  # Removed or half-written meanwhile: try again.
+      held = _read(self.path)
+      if held is None:  # Being written, or removed meanwhile: look again.
         time.sleep(0.1)
         continue
       if not self._stale(held):
-        raise LogdirInUse(
-            f'logdir {self.path.parent} is in use by the run with pid '
-            f'{held.get("pid")} on {held.get("host")} since '
-            f'{_when(held.get("since"))}: wait for it to end or stop it '
-            f'(Ctrl-C), or train in another --logdir')
-      print(f'Taking over the logdir from the run with pid {held.get("pid")} '
-            f'on {held.get("host")} (since {_when(held.get("since"))}), '
-            f'which no longer runs.')
-      self.path.unlink(missing_ok=True)
+        raise LogdirInUse(self._in_use(held))
+      if self._set_aside(held):
+        taken_from = held
     else:
-      raise LogdirInUse(f'cannot take the lock {self.path}')
+      raise LogdirInUse(
+          f'cannot take the lock {self.path}: it stays unreadable or keeps '
+          f'changing; if no run uses logdir {self.path.parent}, delete it')
+    if taken_from:
+      print(f'Taking over the logdir from the run with pid '
+            f'{taken_from.get("pid")} on {taken_from.get("host")} (since '
+            f'{_when(taken_from.get("since"))}), which no longer runs.')
     self._thread = threading.Thread(target=self._beat, daemon=True)
     self._thread.start()
     return self
@@ -287,7 +318,7 @@ class Lock:
     self._stop.set()
     if self._thread:
       self._thread.join()
-    if self._read() == self._content():
+    if _read(self.path) == self._content():
       self.path.unlink(missing_ok=True)
 
   def _content(self):
@@ -303,24 +334,114 @@ class Lock:
       json.dump(self._content(), f)
     return True
 
-  def _read(self):
+  def _set_aside(self, held):
+    """Removes the lock if it is still `held`, the stale one judged; False
+    (the lock left as it was) when another run took it over meanwhile."""
+    import uuid
+    aside = self.path.with_name(f'{LOCK}.{uuid.uuid4().hex}.stale')
     try:
-      return json.loads(self.path.read_text())
-    except (OSError, ValueError):
-      return None
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return False  # Another run moved it first.
+    moved = _read(aside)
+    if moved != held:  # Another run's fresh lock: put it back.
+      try:
+        os.link(aside, self.path)
+      except OSError:
+        pass  # A lock exists again (or no hard links): its heartbeat judges.
+    aside.unlink(missing_ok=True)
+    return moved == held
 
   def _stale(self, held):
     if held.get('host') == self.holder['host']:
       return not _alive(held)
     return time.time() - float(held.get('heartbeat', 0)) > self._stale_after
 
+  def _in_use(self, held):
+    """LogdirInUse's message: who holds the logdir, and what to do."""
+    text = (f'logdir {self.path.parent} is in use by the run with pid '
+            f'{held.get("pid")} on {held.get("host")} since '
+            f'{_when(held.get("since"))}: wait for it to end or stop it '
+            f'(Ctrl-C), or train in another --logdir')
+    if held.get('host') == self.holder['host']:
+      return text
+    try:
+      stale = float(held.get('heartbeat')) + self._stale_after
+    except (TypeError, ValueError):
+      stale = None
+    return (f'{text}. From this host that run counts as ended '
+            f'{self._stale_after:.0f} s after its last heartbeat (at '
+            f'{_when(stale)} unless it beats again); if you know it has '
+            f'ended, delete {self.path}')
+
   def _beat(self):
     while not self._stop.wait(self._heartbeat):
-      if self._read() != self._content():
-        return  # Not ours any more (removed by hand): leave it alone.
-      self._beat_time = time.time()
-      text = json.dumps(self._content())
-      utils.atomic_write(self.path, lambda f: f.write(text), mode='w')
+      held = _read(self.path)
+      if held is None and not self.path.exists():
+        if self._create():
+          print(f'Warning: {self.path} was removed while this run held it; '
+                f'taken again.', file=sys.stderr, flush=True)
+          continue
+        held = _read(self.path)
+      if held is None:
+        continue  # Being written by another run: the next beat judges it.
+      if held != self._content():
+        self._lost(held)  # Ends the process.
+      beat = time.time()
+      text = json.dumps({**self.holder, 'heartbeat': beat})
+      try:
+        utils.atomic_write(self.path, lambda f: f.write(text), mode='w')
+      except OSError:  # A full disk or a network filesystem's hiccup.
+        continue  # The next beat tries again.
+      self._beat_time = beat
+
+  def _lost(self, held):
+    """Another run took the lock over: end this one now, unsaved, so that
+    one run writes the logdir (it resumes from what this one saved)."""
+    sys.stdout.flush()
+    print(f'error: the run with pid {held.get("pid")} on {held.get("host")} '
+          f'took over {self.path} (since {_when(held.get("since"))}), '
+          f'judging this run gone; this run ends now, without saving, so '
+          f'that one run writes the logdir.', file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+class Holder:
+  """The run that holds a logdir, as seen by a process that waits on it
+  without a lock of its own (a multi-worker run's worker waiting for the
+  chief's first episode). gone() is None while it runs, else why it ended:
+  its lock was removed or taken by another run, its pid no longer runs (same
+  host), or its heartbeat has not changed for `silent_after` seconds of this
+  process's clock (any host; no two hosts' clocks are compared)."""
+
+  def __init__(self, logdir, silent_after):
+    import socket
+    self.path = pathlib.Path(logdir) / LOCK
+    self.silent_after = silent_after
+    self.host = socket.gethostname()
+    self.held = None
+    self.changed = self.missing = None  # time.monotonic() of each
+
+  def gone(self):
+    now = time.monotonic()
+    held = _read(self.path)
+    if held is None:
+      # A heartbeat renames over the lock, never leaves it missing; a read
+      # can still miss it once (an NFS client's stale handle).
+      self.missing = self.missing or now
+      return f'{self.path} was removed' if now - self.missing >= 1 else None
+    self.missing = None
+    if self.held is not None and not _same_run(held, self.held):
+      return f'another run (pid {held.get("pid")}) took over {self.path}'
+    beat = held.get('heartbeat')
+    if self.held is None or beat != self.held.get('heartbeat'):
+      self.held, self.changed = held, now
+    if held.get('host') == self.host and not _alive(held):
+      return f'its process (pid {held.get("pid")}) no longer runs'
+    if now - self.changed > self.silent_after:
+      return (f'the heartbeat of {self.path} has not changed for '
+              f'{self.silent_after:g} s')
+    return None
 
 
 def _when(stamp):

@@ -108,8 +108,7 @@ def _peer_lost(error):
   import re
   import traceback
   traceback.clear_frames(error.__traceback__)
-  tf_config = json.loads(os.environ.get('TF_CONFIG', '{}'))
-  cluster, task = tf_config.get('cluster', {}), tf_config.get('task', {})
+  task = json.loads(os.environ.get('TF_CONFIG', '{}')).get('task', {})
   own = (task.get('type'), int(task.get('index', 0)))
   # The message names this process's own device too: the peer is another.
   peers = [(kind, int(index)) for kind, index in re.findall(
@@ -118,17 +117,24 @@ def _peer_lost(error):
   if not peers:
     return PeerLost(
         f'a process of the cluster is gone ({type(error).__name__})')
-  kind, index = peers[0]
+  return _lost(*peers[0])
+
+
+def _lost(kind, index, why=''):
+  """PeerLost naming TF_CONFIG's process `kind` `index` (chief or not),
+  with `why` it is known to be gone, if given."""
+  cluster = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {})
   addresses = cluster.get(kind, [])
   where = f' at {addresses[index]}' if index < len(addresses) else ''
+  why = f' ({why})' if why else ''
   chief = kind == 'chief' or (index == 0 and 'chief' not in cluster)
   if chief:
     return PeerLost(
-        f'the chief ({kind} {index}{where}) of the cluster is gone; run the '
-        f'same commands on every host to resume from its last checkpoint')
+        f'the chief ({kind} {index}{where}) of the cluster is gone{why}; run '
+        f'the same commands on every host to resume from its last checkpoint')
   return PeerLost(
-      f'{kind} {index}{where} of the cluster is gone; the chief saved the '
-      f'run: run the same commands on every host to resume')
+      f'{kind} {index}{where} of the cluster is gone{why}; the chief saved '
+      f'the run: run the same commands on every host to resume')
 
 
 class Learner:
@@ -229,7 +235,8 @@ class Learner:
 
   def sync(self):
     """Multi-worker: every worker takes the chief's variables (after the
-    chief restored a checkpoint); nothing otherwise. Every worker calls it."""
+    chief restored a checkpoint); nothing otherwise. Every worker calls it;
+    PeerLost if one is gone."""
     import tensorflow as tf
     from common import tfutils
     if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -246,23 +253,42 @@ class Learner:
           tfutils.assign(
               var, context.all_reduce(tf.distribute.ReduceOp.SUM, mine))
       self.strategy.run(replica)
-    broadcast()
+    with self._peers():
+      broadcast()
 
 
 def work(learner, config, directory):
   """A multi-worker process that is not the chief: it only trains, on
   batches of the chief's train episodes in `directory` (on a filesystem both
   see; read, never written), in step with the chief's updates, until the
-  chief's last one."""
+  chief's last one.
+
+  While it waits for the chief's first episode it runs no collective, so
+  TensorFlow's health check cannot end it: it watches the chief's lock in
+  the logdir instead (rundir.Holder) and raises PeerLost when the chief is
+  gone: at once on the chief's host, within max(peer_timeout, 3 heartbeats)
+  from another.
+  """
   from common import replay as replay_lib
+  from common import rundir
   learner.sync()  # The chief's weights, as it restored them.
+  chief = rundir.Holder(directory.parent, silent_after=max(
+      config.distribute.peer_timeout, 3 * rundir.HEARTBEAT))
+
+  def wait():
+    gone = chief.gone()
+    if gone:
+      cluster = json.loads(os.environ['TF_CONFIG'])['cluster']
+      raise _lost('chief' if cluster.get('chief') else 'worker', 0, gone)
+    time.sleep(1)
+
   print(f'Worker: waiting for episodes in {directory}.', flush=True)
   while not any(directory.glob('*.npz')):
-    time.sleep(1)
+    wait()
   replay = replay_lib.Replay(
       directory, seed=config.seed + REPLAY_SEED, watch=True, **config.replay)
   while not replay.stats['loaded_episodes']:
-    time.sleep(1)
+    wait()
     replay.refresh()
   dataset = learner.dataset(
       lambda size: replay.dataset(size, config.dataset.length),

@@ -3,14 +3,16 @@ weights and metrics. Run as a script by tests/test_distribute.py (a fresh
 process: logical devices and TF_CONFIG must be set before TensorFlow runs).
 
   python3 tests/distributed_run.py OUT.npz STRATEGY CPU_DEVICES UPDATES \\
-      [float16|float16clean]
+      [float16|float16clean|lost_at_sync]
 
 Every run sees the same global batches (seeded), and the latent and action
 samples are replaced by their modes: the random draws of two device counts
 differ as those of two seeds do, and the test is about the update itself.
 With float16 (vector observations only), the second half of the first batch
 holds values of 1e4, whose gradient overflows under the loss scale on the
-replica that gets it; float16clean leaves them alone.
+replica that gets it; float16clean leaves them alone. lost_at_sync
+(multi_worker): worker 1 exits before the first weight broadcast, which
+worker 0 then runs; it prints the one line of PeerLost and exits 1.
 """
 
 import json
@@ -30,6 +32,7 @@ def main():
   float16 = any(a.startswith('float16') for a in sys.argv[5:])
   # float16clean: the same batches, unchanged.
   corrupt = 'float16' in sys.argv[5:]
+  lost_at_sync = 'lost_at_sync' in sys.argv[5:]
   import numpy as np
   import tensorflow as tf
   from common import dists
@@ -41,7 +44,8 @@ def main():
       'jit': True, 'distribute.strategy': kind,
       'distribute.cpu_devices': devices,
       'dataset.batch': 4, 'dataset.length': 6, 'slow_target_update': 2,
-      'kl.free': 0.05, 'reward_norm.momentum': 0.9})
+      'kl.free': 0.05, 'reward_norm.momentum': 0.9,
+      'distribute.peer_timeout': 8 if lost_at_sync else 60})
   # float16: vectors only, whose clean batches keep the gradients in range.
   obs = (H.obs_space(vector=5) if float16
          else H.obs_space(image=(64, 64, 1), vector=5))
@@ -53,6 +57,15 @@ def main():
           config, obs, act, dtype=tf.float16 if float16 else None),
       distribute.make_strategy(config))
   agent, strategy = learner.agent, learner.strategy
+  if lost_at_sync:
+    if not tfutils.is_chief(strategy):
+      os._exit(0)
+    try:
+      learner.sync()
+    except distribute.PeerLost as error:
+      print(f'error: {error}.', file=sys.stderr)
+      sys.exit(1)
+    return
   batches = []
   for i in range(updates):
     batch = {k: v.numpy() for k, v in H.batch(obs, act, 4, 6, seed=10 + i,

@@ -144,6 +144,27 @@ def test_two_workers_equal_each_other_and_the_mirrored_run(
                                atol=1e-9, err_msg=name)
 
 
+def test_a_worker_lost_before_the_first_weight_broadcast_is_one_line(
+    tmp_path):
+  # Worker 1 exits after building the agent; worker 0 (the chief) then runs
+  # the broadcast of its weights (Learner.sync), which cannot complete.
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
+  started = [run(tmp_path, f'worker{i}', 'multi_worker', 0, 0, 'lost_at_sync',
+                 env=tf_config(cluster, i), wait=False) for i in range(2)]
+  try:
+    outputs = [process.communicate(timeout=240) for process, _ in started]
+  finally:
+    for process, _ in started:
+      if process.poll() is None:
+        process.kill()
+  chief, err = started[0][0], outputs[0][1]
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert chief.returncode == 1 and 'Traceback' not in err, err[-3000:]
+  assert len(errors) == 1 and (
+      f'worker 1 at {cluster["worker"][1]} of the cluster is gone' in (
+          errors[0])), err[-3000:]
+
+
 def test_train_py_mirrored_then_resumed_on_one_device(tmp_path):
   logdir = tmp_path / 'pong'
   result = T.train(logdir, {'steps': 300, 'eval_every': 100,
@@ -193,19 +214,20 @@ def test_train_py_with_a_chief_and_a_worker(tmp_path):
   assert 'Prefill' not in worker and 'Finished' not in worker
 
 
-def start_cluster(logdir, steps, cluster):
-  """A chief (worker 0) and worker 1 of train.py on loopback ports; their
-  stdout and stderr go to files beside the logdir (process.out, .err)."""
-  flags = {'steps': steps, 'eval_every': 100, 'log_every': 50,
+def start_cluster(logdir, cluster, flags):
+  """A chief (worker 0) and worker 1 of train.py on loopback ports, with
+  `flags` over the tiny config; their stdout and stderr go to files beside
+  the logdir (process.out, .err), unbuffered."""
+  flags = {'eval_every': 100, 'log_every': 50,
            'distribute.strategy': 'multi_worker',
-           'distribute.peer_timeout': 8}
+           'distribute.peer_timeout': 8, **flags}
   processes = []
   for i in range(2):
     out = open(logdir.parent / f'process{i}.out', 'w')
     err = open(logdir.parent / f'process{i}.err', 'w')
     process = subprocess.Popen(
         T.command(logdir, flags), cwd=ROOT, stdout=out, stderr=err,
-        env={**os.environ, **tf_config(cluster, i)})
+        env={**os.environ, **tf_config(cluster, i), 'PYTHONUNBUFFERED': '1'})
     process.out, process.err = out.name, err.name
     processes.append(process)
   return processes
@@ -235,11 +257,21 @@ def kill_and_wait(processes, victim, bound=90):
   return survivor.returncode, seconds, pathlib.Path(survivor.err).read_text()
 
 
-@pytest.mark.timeout(900)
+def one_error_line(err):
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'Traceback' not in err, err[-3000:]
+  return errors[0]
+
+
+@pytest.mark.timeout(600)
 def test_a_dead_worker_ends_the_chief_saved_and_the_commands_resume(tmp_path):
+  from common import utils
   logdir = tmp_path / 'pong'
   cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
-  processes = start_cluster(logdir, 400, cluster)
+  # The first logged update is just after the prefill of 100 steps (of
+  # 200); the worker dies then. No evaluation, no tf.function: faster.
+  flags = {'steps': 200, 'jit': False, 'eval_eps': 0, 'log_every': 1000}
+  processes = start_cluster(logdir, cluster, flags)
   try:
     wait_until_training(logdir, processes)
     status, seconds, err = kill_and_wait(processes, victim=1)
@@ -249,31 +281,40 @@ def test_a_dead_worker_ends_the_chief_saved_and_the_commands_resume(tmp_path):
         process.kill()
   # peer_timeout 8: TensorFlow's health check notices within about 8 s.
   assert status == 1 and seconds < 60, (status, seconds, err[-3000:])
-  errors = [line for line in err.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1 and 'Traceback' not in err, err[-3000:]
   assert f'worker 1 at {cluster["worker"][1]} of the cluster is gone' in (
-      errors[0])
-  assert (logdir / 'variables.pkl').exists()
+      one_error_line(err))
   assert not (logdir / 'lock').exists()
-  # The same two commands again resume and finish.
-  processes = start_cluster(logdir, 400, cluster)
+  # Saved at the step it stopped at: the checkpoint, and every step taken in
+  # the episodes (the one in progress too).
+  out = pathlib.Path(processes[0].out).read_text()
+  stopped = int(out.split('Stopped at step ')[1].split(':')[0])
+  assert 100 < stopped < 200, out[-2000:]
+  assert T.stored_steps(logdir) == stopped
+  saved = utils.read_checkpoint(logdir / 'variables.pkl')
+  assert int(saved['tfstep']) == stopped
+  # The same two commands again resume at that step and finish.
+  processes = start_cluster(logdir, cluster, flags)
   try:
     for process in processes:
-      process.wait(timeout=600)
+      process.wait(timeout=400)
   finally:
     for process in processes:
       if process.poll() is None:
         process.kill()
   chief = pathlib.Path(processes[0].out).read_text()
   assert [p.returncode for p in processes] == [0, 0], chief[-2000:]
-  assert 'Finished 400 steps' in chief and 'Pretrain' not in chief
+  assert f'{stopped} steps stored.' in chief and 'Pretrain' not in chief
+  assert 'Finished 200 steps' in chief
+  assert 'the chief made its last update' in (
+      pathlib.Path(processes[1].out).read_text())
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_a_dead_chief_ends_the_worker_with_one_line(tmp_path):
   logdir = tmp_path / 'pong'
   cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
-  processes = start_cluster(logdir, 3000, cluster)
+  processes = start_cluster(
+      logdir, cluster, {'steps': 3000, 'jit': False, 'eval_eps': 0})
   try:
     wait_until_training(logdir, processes)
     status, seconds, err = kill_and_wait(processes, victim=0)
@@ -282,10 +323,39 @@ def test_a_dead_chief_ends_the_worker_with_one_line(tmp_path):
       if process.poll() is None:
         process.kill()
   assert status == 1 and seconds < 60, (status, seconds, err[-3000:])
-  errors = [line for line in err.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1 and 'Traceback' not in err, err[-3000:]
   assert (f'the chief (worker 0 at {cluster["worker"][0]}) of the cluster is '
-          'gone') in errors[0]
+          'gone') in one_error_line(err)
+
+
+@pytest.mark.timeout(600)
+def test_a_chief_dead_in_its_prefill_ends_the_waiting_worker(tmp_path):
+  # Pendulum episodes of 100000 steps: no episode file for the worker to
+  # wait for while the chief fills its replay. The worker runs no collective
+  # then; it watches the chief's lock (on this host: the chief's pid).
+  logdir = tmp_path / 'pendulum'
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
+  processes = start_cluster(logdir, cluster, {
+      'configs': 'defaults debug', 'task': 'gym_Pendulum-v1',
+      'gym_kwargs': '{"max_episode_steps":100000}', 'time_limit': 0,
+      'encoder.mlp_layers': '16', 'decoder.mlp_layers': '16',
+      'prefill': 100000, 'steps': 200000})
+  try:
+    T.wait_for(lambda: 'Prefill the replay' in pathlib.Path(
+        processes[0].out).read_text(), processes[0])
+    T.wait_for(lambda: 'Worker: waiting for episodes' in pathlib.Path(
+        processes[1].out).read_text(), processes[1])
+    time.sleep(1)
+    assert not list(logdir.glob('train_episodes/*.npz'))
+    status, seconds, err = kill_and_wait(processes, victim=0, bound=30)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert status == 1 and seconds < 30, (status, seconds, err[-3000:])
+  line = one_error_line(err)
+  assert line.startswith(
+      f'error: the chief (worker 0 at {cluster["worker"][0]}) of the cluster '
+      f'is gone (its process (pid {processes[0].pid}) no longer runs)'), line
 
 
 def test_a_lost_peer_frees_the_pool_of_the_failed_collective():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -69,6 +70,161 @@ def test_the_heartbeat_renews_the_lock_while_the_run_lives(tmp_path):
     time.sleep(0.3)
     later = json.loads((tmp_path / 'lock').read_text())['heartbeat']
   assert later > first
+
+
+def write_lock(logdir, **holder):
+  (logdir / 'lock').write_text(json.dumps({
+      'pid': 1, 'host': 'another-host', 'started': 1, 'since': 0,
+      'heartbeat': time.time(), **holder}))
+
+
+def test_another_hosts_lock_says_when_it_turns_stale_and_how_to_clear_it(
+    tmp_path):
+  beat = time.time() - 100
+  write_lock(tmp_path, heartbeat=beat)
+  with pytest.raises(rundir.LogdirInUse) as error:
+    with rundir.Lock(tmp_path, stale_after=300):
+      pass
+  message = str(error.value)
+  stale = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(beat + 300))
+  assert f'counts as ended 300 s after its last heartbeat (at {stale}' in (
+      message)
+  assert f'if you know it has ended, delete {tmp_path / "lock"}' in message
+  assert '\n' not in message
+
+
+def test_a_zombie_holds_no_lock(tmp_path):
+  # A SIGKILLed run whose parent has not collected it yet: its pid still
+  # answers os.kill, but it has ended.
+  child = subprocess.Popen([sys.executable, '-c', 'pass'])
+  deadline = time.time() + 10
+  while rundir._process_stat(child.pid)[0] != 'Z':
+    assert time.time() < deadline
+    time.sleep(0.05)
+  lock = rundir.Lock(tmp_path)
+  write_lock(tmp_path, pid=child.pid, host=lock.holder['host'],
+             started=rundir._process_stat(child.pid)[1])
+  with lock:
+    pass
+  child.wait()
+
+
+def test_of_two_runs_taking_over_one_stale_lock_at_once_one_gets_it(
+    tmp_path, monkeypatch):
+  # Both judge the dead run's lock stale; the first takes it over between
+  # the second's judgement and its takeover. The second must not remove the
+  # first's fresh lock: it finds it live and stops.
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  first, second = rundir.Lock(tmp_path), rundir.Lock(tmp_path)
+  write_lock(tmp_path, pid=dead.pid, host=first.holder['host'])
+  judge = rundir.Lock._stale
+
+  def interleaved(lock, held):
+    stale = judge(lock, held)
+    if lock is second and first._thread is None:
+      first.__enter__()
+    return stale
+  monkeypatch.setattr(rundir.Lock, '_stale', interleaved)
+  try:
+    with pytest.raises(rundir.LogdirInUse, match=f'pid {os.getpid()}'):
+      second.__enter__()
+    assert json.loads((tmp_path / 'lock').read_text()) == first._content()
+  finally:
+    first.__exit__(None, None, None)
+  assert not any(tmp_path.iterdir())
+
+
+HOLD = """
+import sys, time
+sys.path.insert(0, '.')
+from common import rundir
+with rundir.Lock(sys.argv[1], heartbeat=0.1):
+  print('held', flush=True)
+  time.sleep(float(sys.argv[2]))
+print('released', flush=True)
+"""
+
+
+def hold(logdir, seconds):
+  process = subprocess.Popen(
+      [sys.executable, '-c', HOLD, str(logdir), str(seconds)],
+      cwd=pathlib.Path(__file__).resolve().parent.parent,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == 'held\n'
+  return process
+
+
+def test_a_run_whose_lock_another_run_took_ends_at_once_unsaved(tmp_path):
+  run = hold(tmp_path, 30)
+  try:
+    write_lock(tmp_path, pid=4321)  # Another run took it over.
+    out, err = run.communicate(timeout=10)
+  finally:
+    run.kill()
+  assert run.returncode == 1 and 'released' not in out, (out, err)
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      'error: the run with pid 4321 on another-host took over '), err
+  assert json.loads((tmp_path / 'lock').read_text())['pid'] == 4321
+
+
+def test_a_lock_removed_by_hand_is_taken_again_by_its_run(tmp_path):
+  run = hold(tmp_path, 2)
+  try:
+    (tmp_path / 'lock').unlink()
+    time.sleep(0.5)
+    assert json.loads((tmp_path / 'lock').read_text())['pid'] == run.pid
+    out, err = run.communicate(timeout=10)
+  finally:
+    run.kill()
+  assert run.returncode == 0 and 'released' in out
+  assert err.strip() == f'Warning: {tmp_path / "lock"} was removed while ' + (
+      'this run held it; taken again.')
+  assert not (tmp_path / 'lock').exists()
+
+
+def test_a_waiting_process_sees_when_the_lock_holder_is_gone(tmp_path):
+  host = rundir.Lock(tmp_path).holder['host']
+  # Same host: the holder's pid.
+  run = hold(tmp_path, 30)
+  holder = rundir.Holder(tmp_path, silent_after=60)
+  assert holder.gone() is None
+  run.kill()
+  run.wait()
+  assert holder.gone() == f'its process (pid {run.pid}) no longer runs'
+  # Another host: a heartbeat that stops changing, on this host's clock.
+  write_lock(tmp_path, heartbeat=123.0)
+  holder = rundir.Holder(tmp_path, silent_after=0.3)
+  assert holder.gone() is None
+  time.sleep(0.2)
+  write_lock(tmp_path, heartbeat=124.0)
+  assert holder.gone() is None
+  time.sleep(0.4)
+  assert 'has not changed for 0.3 s' in holder.gone()
+  # Taken over by another run, or removed (missing for a second).
+  holder = rundir.Holder(tmp_path, silent_after=60)
+  assert holder.gone() is None
+  write_lock(tmp_path, pid=2, host=host)
+  assert holder.gone().startswith('another run (pid 2) took over')
+  (tmp_path / 'lock').unlink()
+  assert holder.gone() is None
+  time.sleep(1)
+  assert holder.gone() == f'{tmp_path / "lock"} was removed'
+
+
+def test_api_train_on_a_live_runs_logdir_raises_before_writing(tmp_path):
+  import gymnasium
+  from dreamerv2 import api
+  logdir = tmp_path / 'run'
+  logdir.mkdir()
+  with rundir.Lock(logdir):
+    held = (logdir / 'lock').read_text()
+    with pytest.raises(rundir.LogdirInUse, match=f'pid {os.getpid()}'):
+      api.train(gymnasium.make('CartPole-v1'),
+                {'logdir': str(logdir), 'steps': 10})
+    assert [p.name for p in logdir.iterdir()] == ['lock']
+    assert (logdir / 'lock').read_text() == held
 
 
 def test_a_replay_larger_than_the_memory_is_warned_about_before_prefill():
