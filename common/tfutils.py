@@ -217,18 +217,6 @@ def strategy(strategy='none', cpu_devices=0, peer_timeout=60):
   return result
 
 
-def is_chief(strategy):
-  """Whether this process collects experience, logs and saves: always
-  without multi-worker training, else the chief (or worker 0) of TF_CONFIG."""
-  resolver = getattr(strategy, 'cluster_resolver', None)
-  if (not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-      or not resolver):
-    return True
-  kind, index = resolver.task_type, resolver.task_id
-  return kind in (None, 'chief') or (kind == 'worker' and index == 0 and not (
-      resolver.cluster_spec().as_dict().get('chief')))
-
-
 def schedule(string):
   """Parses a schedule once into a function of the step (a tensor):
   a constant ('1e-3'), 'linear(initial, final, duration)',

@@ -55,18 +55,23 @@ def check_config(config):
   check_batch(config.dataset.batch, replicas, kind)
 
 
-def writes_the_logdir(config):
-  """Whether this process is the one that acts, logs and saves (without
-  TensorFlow): every process but a multi-worker run's workers, whose chief
-  is TF_CONFIG's chief, or its worker 0 when it names none."""
+def is_chief(config):
+  """Whether this process is the chief, the one that acts, logs, saves and
+  holds the logdir (without TensorFlow): every process but a multi-worker
+  run's other workers."""
   if config.distribute.strategy != 'multi_worker':
     return True
   tf_config = json.loads(os.environ.get('TF_CONFIG', '{}'))
   task = tf_config.get('task', {})
-  kind, index = task.get('type'), int(task.get('index', 0))
-  has_chief = bool(tf_config.get('cluster', {}).get('chief'))
+  return _chief_task(task.get('type'), int(task.get('index', 0)),
+                     tf_config.get('cluster', {}))
+
+
+def _chief_task(kind, index, cluster):
+  """TF_CONFIG's rule: the chief is task `chief`, or worker 0 when the
+  cluster names no chief."""
   return kind in (None, 'chief') or (
-      kind == 'worker' and index == 0 and not has_chief)
+      kind == 'worker' and index == 0 and not cluster.get('chief'))
 
 
 def make_strategy(config):
@@ -127,8 +132,7 @@ def _lost(kind, index, why=''):
   addresses = cluster.get(kind, [])
   where = f' at {addresses[index]}' if index < len(addresses) else ''
   why = f' ({why})' if why else ''
-  chief = kind == 'chief' or (index == 0 and 'chief' not in cluster)
-  if chief:
+  if _chief_task(kind, index, cluster):
     return PeerLost(
         f'the chief ({kind} {index}{where}) of the cluster is gone{why}; run '
         f'the same commands on every host to resume from its last checkpoint')

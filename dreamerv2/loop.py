@@ -51,7 +51,7 @@ def run(config, make_envs, outputs=None, envs_of_task=True):
   logdir = pathlib.Path(config.logdir).expanduser()
   # One writer per logdir: a multi-worker run's chief holds it, its workers
   # never write there.
-  with (rundir.Lock(logdir) if distribute.writes_the_logdir(config)
+  with (rundir.Lock(logdir) if distribute.is_chief(config)
         else contextlib.nullcontext()):
     _run(config, logdir, make_envs, outputs, envs_of_task)
 
@@ -62,18 +62,17 @@ def _run(config, logdir, make_envs, outputs, envs_of_task):
     print('Resuming with overrides that differ from the saved config:\n  '
           + '\n  '.join(changes))
   import tensorflow as tf
-  from common import tfutils
   random.seed(config.seed)
   np.random.seed(config.seed)
   tf.random.set_seed(config.seed)
-  if config.deterministic:  # README, "Reproducible runs".
+  if config.deterministic:  # README, "Around a run".
     tf.config.experimental.enable_op_determinism()
   for gpu in tf.config.list_physical_devices('GPU'):
     tf.config.experimental.set_memory_growth(gpu, True)
   strategy = distribute.make_strategy(config)  # Before TensorFlow runs.
   print(f'Logdir {logdir}')
   build.describe_compute(config)
-  if not tfutils.is_chief(strategy):
+  if not distribute.is_chief(config):
     if not envs_of_task:
       raise ConfigError(
           'multi_worker training needs a task (train.py), not api.train')

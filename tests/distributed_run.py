@@ -58,7 +58,7 @@ def main():
       distribute.make_strategy(config))
   agent, strategy = learner.agent, learner.strategy
   if lost_at_sync:
-    if not tfutils.is_chief(strategy):
+    if not distribute.is_chief(config):
       os._exit(0)
     try:
       learner.sync()
