@@ -71,6 +71,8 @@ def train_command(args, seed, steps):
       '--seed', str(seed),
       '--logdir', str(seed_logdir(args.logdir, args.task, seed)),
       '--steps', str(steps), '--eval_every', str(args.eval_every)]
+  if args.precision:
+    command += ['--precision', str(args.precision)]
   return command + (QUICK if args.quick else [])
 
 
@@ -337,7 +339,8 @@ def report(args, steps, floor):
       plot_error = result.stderr[-300:]
   return {
       'task': args.task, 'frames': frames, 'eval_every': args.eval_every,
-      'configs': 'defaults dmc_vision', 'quick': args.quick, 'jobs': args.jobs,
+      'configs': 'defaults dmc_vision', 'quick': args.quick,
+      'precision': args.precision, 'jobs': args.jobs,
       'random_floor': round(floor['mean'], 1),
       'random_floor_std': round(floor['std'], 1),
       'random_floor_episodes': floor['episodes'],
@@ -361,6 +364,10 @@ def main():
                             '(default: a temp dir)') % METHOD)
   parser.add_argument('--eval_every', type=int, default=5000,
                       help='agent steps')
+  parser.add_argument('--precision', type=int, choices=(16, 32),
+                      help='the compute precision only (default: the '
+                      "block's 16); 32 on a CPU without native bfloat16 "
+                      '(no AVX512-BF16 or AMX), which emulates it slowly')
   parser.add_argument('--jobs', type=int, default=1,
                       help='seeds trained side by side')
   parser.add_argument('--window', type=float, nargs=2, default=None,

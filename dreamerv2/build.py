@@ -191,9 +191,26 @@ def describe_compute(config):
   print(f'Precision {config.precision}: {dtype.name} on {device}{scaling} · '
         f'tf.function {"on" if config.jit else "off"}'
         f'{" · XLA" if config.xla else ""}')
-  warning = gpu_warning(device)
-  if warning:
-    print(warning, file=sys.stderr)
+  for warning in (gpu_warning(device), bfloat16_warning(dtype.name, device)):
+    if warning:
+      print(warning, file=sys.stderr)
+
+
+def bfloat16_warning(dtype, device, cpuinfo='/proc/cpuinfo'):
+  """A warning when the agent computes in bfloat16 on a CPU that has no
+  bfloat16 instructions (AVX512-BF16 or AMX): TensorFlow then emulates them,
+  many times slower than float32."""
+  if dtype != 'bfloat16' or device != 'CPU':
+    return None
+  try:
+    flags = set(pathlib.Path(cpuinfo).read_text().split())
+  except OSError:
+    return None  # Not Linux: nothing to tell.
+  if flags & {'avx512_bf16', 'amx_bf16'}:
+    return None
+  return ('Warning: precision 16 computes in bfloat16, which this CPU lacks '
+          '(no AVX512-BF16 or AMX flag in /proc/cpuinfo): TensorFlow emulates '
+          'it, many times slower than float32. Train with --precision 32.')
 
 
 def gpu_warning(device):

@@ -249,6 +249,7 @@ class Training:
     print(f'Pretrain the agent ({updates} updates: 1 + pretrain '
           f'{self.config.pretrain}).')
     for _ in range(updates):
+      self.check_stop(None, None)  # Ctrl-C between updates, not after all.
       self.learner.train(next(self.dataset()), step=int(self.step))
     self.has_weights = True
 

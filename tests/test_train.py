@@ -250,6 +250,42 @@ def stored_steps(logdir):
              for p in (pathlib.Path(logdir) / 'train_episodes').glob('*.npz'))
 
 
+def test_ctrl_c_in_the_pretraining_stops_between_updates(tmp_path):
+  # A long pretrain (DMC's 101 updates take minutes on a CPU) answers Ctrl-C
+  # at the next update, keeping the prefill's episodes.
+  logdir = tmp_path / 'pong'
+  process = start(logdir, {'steps': 1e5, 'pretrain': 100000})
+  try:
+    out = logdir.parent / 'out.txt'
+    wait_for(lambda: 'Pretrain' in out.read_text(), process)
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  text = out.read_text()
+  assert process.returncode == 0, text
+  assert 'Stopped at step 100 before training' in text, text
+  assert stored_steps(logdir) == 100 and not (logdir / 'variables.pkl').exists()
+
+
+def test_a_cpu_without_bfloat16_is_warned_about():
+  from dreamerv2 import build
+  import tempfile
+  with tempfile.NamedTemporaryFile('w', suffix='cpuinfo') as f:
+    f.write('flags\t\t: fpu sse avx2 avx512f\n')
+    f.flush()
+    warning = build.bfloat16_warning('bfloat16', 'CPU', f.name)
+    assert '--precision 32' in warning and '\n' not in warning
+    assert build.bfloat16_warning('float32', 'CPU', f.name) is None
+    assert build.bfloat16_warning('float16', 'GPU', f.name) is None
+    f.write('flags\t\t: fpu avx512_bf16\n')
+    f.flush()
+    assert build.bfloat16_warning('bfloat16', 'CPU', f.name) is None
+  assert build.bfloat16_warning('bfloat16', 'CPU', '/no/such/file') is None
+
+
 def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
   logdir = tmp_path / 'pong'
   # Env processes too: a terminal's Ctrl-C reaches the whole process group.
