@@ -59,6 +59,8 @@ def train(args, seed):
       sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
       '--configs', *CONFIGS, '--task', args.task, '--seed', str(seed),
       '--logdir', str(logdir), '--steps', str(args.steps)]
+  if args.precision:
+    command += ['--precision', str(args.precision)]
   command += QUICK if args.quick else []
   env = dict(os.environ)
   if args.jobs > 1:
@@ -136,7 +138,8 @@ def report(args, config, floor):
   return {
       'task': args.task, 'configs': ' '.join(CONFIGS), 'steps': args.steps,
       'frames': frames, 'eval_every': config.eval_every,
-      'eval_eps': config.eval_eps, 'quick': args.quick, 'jobs': args.jobs,
+      'eval_eps': config.eval_eps, 'quick': args.quick,
+      'precision': args.precision, 'jobs': args.jobs,
       'random_floor': floor, 'runs': runs, 'target': args.target,
       'seeds_at_target': sum(m is not None and m >= args.target for m in means),
       'seeds': len(args.seeds), 'scores': str(out) if scores else None,
@@ -150,6 +153,10 @@ def main():
   parser.add_argument('--task', default='gym_CartPole-v1')
   parser.add_argument('--steps', type=int, default=20000, help='agent steps')
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+  parser.add_argument('--precision', type=int, choices=(16, 32),
+                      help='the compute precision only (default: the '
+                      "block's 16); 32 on a CPU without native bfloat16 "
+                      '(no AVX512-BF16 or AMX), which emulates it slowly')
   parser.add_argument('--jobs', type=int, default=1,
                       help='seeds trained side by side')
   parser.add_argument('--logdir', default=None,

@@ -196,17 +196,22 @@ def describe_compute(config):
       print(warning, file=sys.stderr)
 
 
+def cpu_has_bfloat16(cpuinfo='/proc/cpuinfo'):
+  """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX), or None
+  where /proc/cpuinfo does not tell (not Linux)."""
+  try:
+    flags = set(pathlib.Path(cpuinfo).read_text().split())
+  except OSError:
+    return None
+  return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
 def bfloat16_warning(dtype, device, cpuinfo='/proc/cpuinfo'):
   """A warning when the agent computes in bfloat16 on a CPU that has no
   bfloat16 instructions (AVX512-BF16 or AMX): TensorFlow then emulates them,
   many times slower than float32."""
-  if dtype != 'bfloat16' or device != 'CPU':
-    return None
-  try:
-    flags = set(pathlib.Path(cpuinfo).read_text().split())
-  except OSError:
-    return None  # Not Linux: nothing to tell.
-  if flags & {'avx512_bf16', 'amx_bf16'}:
+  if dtype != 'bfloat16' or device != 'CPU' or cpu_has_bfloat16(cpuinfo) in (
+      True, None):
     return None
   return ('Warning: precision 16 computes in bfloat16, which this CPU lacks '
           '(no AVX512-BF16 or AMX flag in /proc/cpuinfo): TensorFlow emulates '

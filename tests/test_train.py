@@ -276,6 +276,7 @@ def test_a_cpu_without_bfloat16_is_warned_about():
   with tempfile.NamedTemporaryFile('w', suffix='cpuinfo') as f:
     f.write('flags\t\t: fpu sse avx2 avx512f\n')
     f.flush()
+    assert build.cpu_has_bfloat16(f.name) is False
     warning = build.bfloat16_warning('bfloat16', 'CPU', f.name)
     assert '--precision 32' in warning and '\n' not in warning
     assert build.bfloat16_warning('float32', 'CPU', f.name) is None
@@ -283,7 +284,9 @@ def test_a_cpu_without_bfloat16_is_warned_about():
     f.write('flags\t\t: fpu avx512_bf16\n')
     f.flush()
     assert build.bfloat16_warning('bfloat16', 'CPU', f.name) is None
+    assert build.cpu_has_bfloat16(f.name) is True
   assert build.bfloat16_warning('bfloat16', 'CPU', '/no/such/file') is None
+  assert build.cpu_has_bfloat16('/no/such/file') is None
 
 
 def test_ctrl_c_saves_the_checkpoint_and_the_episode_in_progress(tmp_path):
