@@ -39,6 +39,17 @@ TRACKED = (
     'runpy.run_path("dreamerv2/train.py", run_name="__main__")')
 
 
+def assert_refused_before_tensorflow(result, message, logdir):
+  """A TRACKED train.py that stopped with exit 2 and one line naming
+  `message`, before TensorFlow loaded and before writing `logdir`."""
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == 'TF_LOADED=False'
+  assert len(lines) == 2 and lines[0].startswith('error: '), result.stderr
+  assert message in lines[0]
+  assert not logdir.exists()  # Nothing was written.
+
+
 def command(logdir, flags):
   """train.py with the tiny config, `flags` ({key: value}) set over it."""
   argv = [sys.executable, 'dreamerv2/train.py', '--logdir', str(logdir)]
@@ -436,12 +447,7 @@ def test_bad_inputs_exit_2_before_tensorflow_loads(tmp_path, flags, message):
   result = subprocess.run(
       [sys.executable, '-c', TRACKED, '--configs', 'defaults', 'atari', *flags],
       cwd=ROOT, capture_output=True, text=True, timeout=60)
-  assert result.returncode == 2, result.stdout + result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert lines[-1] == 'TF_LOADED=False'
-  assert len(lines) == 2 and lines[0].startswith('error: '), result.stderr
-  assert message in lines[0]
-  assert not logdir.exists()  # Nothing was written.
+  assert_refused_before_tensorflow(result, message, logdir)
 
 
 @pytest.mark.skipif(
@@ -549,12 +555,7 @@ def test_a_gym_id_that_cannot_run_stops_before_tensorflow_with_one_line(
        '--configs', 'defaults', 'vector', '--task', task],
       cwd=ROOT, env={**os.environ, 'PYTHONPATH': path}, capture_output=True,
       text=True, timeout=60)
-  assert result.returncode == 2, result.stdout + result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert lines[-1] == 'TF_LOADED=False'
-  assert len(lines) == 2 and lines[0].startswith('error: '), result.stderr
-  assert message in lines[0]
-  assert not logdir.exists()  # Nothing was written.
+  assert_refused_before_tensorflow(result, message, logdir)
 
 
 @pytest.mark.parametrize('behavior, actor_grad', [
