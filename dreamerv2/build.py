@@ -101,6 +101,8 @@ def agent(config, obs_space, act_space, strategy=None):
 # The replay holds its episodes as arrays: 1.03 times their raw bytes
 # (bench/replay_memory.py measured it).
 REPLAY_OVERHEAD = 1.03
+# The eval replay holds replay.capacity // EVAL_REPLAY_DIVISOR steps.
+EVAL_REPLAY_DIVISOR = 100
 
 
 def available_memory(root='/'):
@@ -131,17 +133,17 @@ def available_memory(root='/'):
 
 def replay_memory_warning(obs_space, act_space, capacity, available=None):
   """One warning line when the replays of `capacity` train steps (and the
-  eval replay's capacity // 100) of these spaces would not fit in the
+  eval replay's share) of these spaces would not fit in the
   available memory, else None."""
   available = available_memory() if available is None else available
   spaces = {**obs_space, **act_space}
   step = REPLAY_OVERHEAD * sum(
       int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
       for space in spaces.values())
-  total = capacity + capacity // 100  # The eval replay's share.
+  total = capacity + capacity // EVAL_REPLAY_DIVISOR
   if not available or total * step <= available:
     return None
-  fits = int(available // (step * 1.01))
+  fits = int(available // (step * (1 + 1 / EVAL_REPLAY_DIVISOR)))
   return (f'Warning: at replay.capacity {int(capacity)} steps the replays '
           f'grow to {utils.format_bytes(total * step)} '
           f'({utils.format_bytes(step)} a step), more than the '

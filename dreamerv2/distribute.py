@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-from common import choices
 from common import errors
 from common.config import ConfigError
 
@@ -34,7 +33,6 @@ def check_config(config):
   """ConfigError for a distribute setting that cannot work, where that is
   known without TensorFlow (the GPUs are counted once it loads)."""
   kind, devices = config.distribute.strategy, config.distribute.cpu_devices
-  choices.check('distribute.strategy', kind, choices.DISTRIBUTE)
   if devices < 0 or (devices and kind == 'none'):
     raise ConfigError(
         f'distribute.cpu_devices {devices}: use it with distribute.strategy '

@@ -171,7 +171,8 @@ class Training:
     self.train_replay = replay_lib.Replay(
         logdir / rundir.TRAIN_EPISODES, seed=config.seed, **config.replay)
     self.eval_replay = replay_lib.Replay(
-        logdir / rundir.EVAL_EPISODES, capacity=config.replay.capacity // 100,
+        logdir / rundir.EVAL_EPISODES,
+        capacity=config.replay.capacity // build.EVAL_REPLAY_DIVISOR,
         minlen=config.dataset.length, maxlen=config.dataset.length)
     self.step = utils.Counter(self.train_replay.stats['total_steps'])  # Agent.
     self.outputs = build.outputs(config, logdir) if outputs is None else outputs
