@@ -60,6 +60,7 @@ def test_speed_quick_reports_every_figure(tmp_path):
   assert isinstance(machine['tensorflow'], str) and machine['tensorflow']
 
 
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_speed_deterministic_reports_the_ratio_of_its_round(tmp_path):
   lines = run_bench(['bench/speed.py', '--deterministic', '1', '--quick'],
                     tmp_path)
