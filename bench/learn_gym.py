@@ -105,8 +105,9 @@ def report(args, config, floor):
     xs = [float(x) for x, _ in curve]
     ys = [float(y) for _, y in curve]
     window = [y for x, y in curve if low < x <= frames]
-    spent = [json.loads(line) for line in
-             (logdir / 'sittings.jsonl').read_text().splitlines()]
+    path = logdir / 'sittings.jsonl'  # Absent for a seed never started.
+    spent = ([json.loads(line) for line in path.read_text().splitlines()]
+             if path.exists() else [])
     wall = sum(s['end'] - s['start'] for s in spent)
     runs.append({
         'seed': seed, 'frames': xs, 'eval_return': [round(y, 1) for y in ys],
@@ -189,8 +190,16 @@ def main():
     args.out = (pathlib.Path(args.logdir) / f'gym-{name}-quick.json'
                 if args.quick else ROOT / 'scores' / f'gym-{name}.json')
   floor = random_floor(args.task, config.action_repeat, args.floor_episodes)
-  with futures.ThreadPoolExecutor(args.jobs) as pool:
-    codes = list(pool.map(lambda seed: train(args, seed), args.seeds))
+  pool = futures.ThreadPoolExecutor(args.jobs)
+  runs = [pool.submit(train, args, seed) for seed in args.seeds]
+  try:
+    codes = [run.result() for run in runs]
+  except KeyboardInterrupt:
+    # A terminal's Ctrl-C reaches the children too: each saves and exits 0.
+    # Seeds not started yet do not start; the report shows where all stopped.
+    pool.shutdown(wait=True, cancel_futures=True)
+    codes = [run.result() for run in runs if not run.cancelled()]
+  pool.shutdown()
   result = report(args, config, floor)
   # A seed stopped early (Ctrl-C saves and exits 0) is not complete.
   result['complete'] = not any(codes) and all(

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +103,37 @@ def test_learn_gym_quick_reports_a_learning_curve_in_frames(tmp_path):
   assert run['updates'] > 0 and run['exits'] == [0], run
   scores = json.loads(pathlib.Path(result['scores']).read_text())
   assert scores[0]['xs'] == run['frames'], scores
+
+
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
+def test_learn_gym_ctrl_c_stops_the_seeds_and_reports_where_they_are(
+    tmp_path):
+  # Ctrl-C from a terminal reaches the benchmark and its children: the seed
+  # saves and exits 0, and the benchmark prints its JSON line, incomplete.
+  logdir = tmp_path / 'runs'
+  process = subprocess.Popen(
+      [sys.executable, 'bench/learn_gym.py', '--quick', '--logdir',
+       str(logdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, start_new_session=True,
+      env={**os.environ, 'TMPDIR': str(tmp_path)})
+  metrics = logdir / 'gym_CartPole-v1' / 'dreamerv2_tf2' / '0' / 'metrics.jsonl'
+  try:
+    deadline = time.time() + 240
+    while not (metrics.exists() and 'eval_return' in metrics.read_text()):
+      assert process.poll() is None and time.time() < deadline, (
+          process.communicate()[1][-3000:])
+      time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == 0, err[-3000:]
+  (result,) = [json.loads(l) for l in out.splitlines() if l.startswith('{')]
+  assert not result['complete'], result
+  (run,) = result['runs']
+  assert run['exits'] == [0] and run['frames'], run
+  assert 0 < run['agent_steps'] < result['steps'], run
 
 
 def test_latent_square_quick_reports_the_curve(tmp_path):
