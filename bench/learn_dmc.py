@@ -31,20 +31,18 @@ import argparse
 import json
 import os
 import pathlib
-import pickle
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import plot as plot_lib  # noqa: E402 (no TensorFlow)
+from bench import seeds  # noqa: E402 (no TensorFlow)
+from common import plot as plot_lib  # noqa: E402
 from common import utils  # noqa: E402
 
-METHOD = 'dreamerv2_tf2'
+METHOD = seeds.METHOD
 PUBLISHED = ROOT / 'scores' / 'dmc-vision-dreamerv2.json'
 ACTION_REPEAT = 2  # The dmc_vision block's; frames = agent steps * 2.
 # --quick only: a tiny model, a short prefill and 50-step episodes, so that
@@ -60,178 +58,27 @@ QUICK = [
     '--precision', '32', '--time_limit', str(QUICK_TIME_LIMIT)]
 
 
-def seed_logdir(root, task, seed):
-  return pathlib.Path(root).expanduser() / task / METHOD / str(seed)
-
-
 def train_command(args, seed, steps):
   command = [
       sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
       '--configs', 'defaults', 'dmc_vision', '--task', args.task,
       '--seed', str(seed),
-      '--logdir', str(seed_logdir(args.logdir, args.task, seed)),
+      '--logdir', str(seeds.seed_logdir(args.logdir, args.task, seed)),
       '--steps', str(steps), '--eval_every', str(args.eval_every)]
   if args.precision:
     command += ['--precision', str(args.precision)]
   return command + (QUICK if args.quick else [])
 
 
-def stored_steps(logdir):
-  """Agent steps in the logdir's finished train episodes (as train.py
-  counts)."""
-  total = 0
-  for filename in (logdir / 'train_episodes').glob('*.npz'):
-    try:
-      total += int(filename.stem.rsplit('-', 1)[1])
-    except (IndexError, ValueError):
-      pass
-  return total
-
-
-def eval_curve(logdir):
-  """[(frames, eval_return)] from metrics.jsonl, one point per frame count."""
-  points = {}
-  path = logdir / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue  # A line cut off by a kill.
-    if 'eval_return' in record:
-      points.setdefault(record['step'], []).append(record['eval_return'])
-  return [(step, sum(v) / len(v)) for step, v in sorted(points.items())]
-
-
-def updates_made(logdir):
-  """The world model's optimizer step count from the checkpoint, or 0."""
-  path = logdir / 'variables.pkl'
-  if not path.exists():
-    return 0
-  with open(path, 'rb') as f:
-    values = pickle.load(f)
-  return int(values.get('wm/model_opt/updates', 0))
-
-
-def sittings(logdir):
-  """The sittings recorded in sittings.jsonl; a sitting whose end was not
-  written (the benchmark itself was killed) ends at the logdir's newest file."""
-  path = logdir / 'sittings.jsonl'
-  if not path.exists():
-    return []
-  records = [json.loads(line) for line in path.read_text().splitlines()
-             if line.strip()]
-  done = []
-  for record in records:
-    if 'end' not in record:
-      newest = max(
-          (p.stat().st_mtime for p in logdir.rglob('*') if p.is_file()),
-          default=record['start'])
-      record = {**record, 'end': max(record['start'], newest),
-                'estimated_end': True}
-    done.append(record)
-  return done
-
-
-def close_killed_sitting(logdir):
-  """Writes the estimated end of a sitting whose benchmark was killed, before
-  a new sitting's files would move that estimate."""
-  spent = sittings(logdir)
-  if spent and spent[-1].get('estimated_end'):
-    replace_last_sitting(logdir, spent[-1])
-
-
-def replace_last_sitting(logdir, record):
-  """Rewrites the last line of sittings.jsonl as `record` (atomically)."""
-  path = logdir / 'sittings.jsonl'
-  lines = [line for line in path.read_text().splitlines() if line.strip()]
-  text = '\n'.join(lines[:-1] + [json.dumps(record)]) + '\n'
-  utils.atomic_write(path, lambda f: f.write(text), mode='w')
-
-
-def code_version():
-  """The commit the children run (with '+changes' when the tree is dirty)."""
-  try:
-    commit = subprocess.run(
-        ['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
-        text=True, check=True).stdout.strip()
-    dirty = subprocess.run(
-        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-        capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
-  return commit + ('+changes' if dirty else '')
-
-
-def append_line(path, record):
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def finished(args, seed, steps):
-  logdir = seed_logdir(args.logdir, args.task, seed)
-  curve = eval_curve(logdir)
-  return (stored_steps(logdir) >= steps and bool(curve)
-          and curve[-1][0] >= steps * ACTION_REPEAT)
-
-
-def run_seeds(args, seeds, steps):
-  """Trains the seeds, args.jobs at a time; returns once all have ended."""
-  env = {**os.environ, 'MUJOCO_GL': os.environ.get('MUJOCO_GL', 'egl')}
-  if args.jobs > 1:
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    env.update(TF_NUM_INTRAOP_THREADS=threads, OMP_NUM_THREADS=threads)
-  pending = [seed for seed in seeds if not finished(args, seed, steps)]
-  running = {}
-  stopping = False
-
-  def stop(signum, frame):
-    nonlocal stopping
-    stopping = True
-    for process, _ in running.values():
-      process.send_signal(signal.SIGINT)
-  previous = {sig: signal.signal(sig, stop)
-              for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    while running or (pending and not stopping):
-      while pending and len(running) < args.jobs and not stopping:
-        seed = pending.pop(0)
-        logdir = seed_logdir(args.logdir, args.task, seed)
-        logdir.mkdir(parents=True, exist_ok=True)
-        close_killed_sitting(logdir)
-        record = {'start': time.time(), 'start_step': stored_steps(logdir),
-                  'start_updates': updates_made(logdir), 'jobs': args.jobs,
-                  'commit': code_version()}
-        append_line(logdir / 'sittings.jsonl', record)
-        output = open(logdir / 'train.log', 'a')
-        process = subprocess.Popen(
-            train_command(args, seed, steps), cwd=ROOT, env=env,
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        running[seed] = (process, output)
-      time.sleep(1)
-      for seed, (process, output) in list(running.items()):
-        if process.poll() is None:
-          continue
-        output.close()
-        del running[seed]
-        logdir = seed_logdir(args.logdir, args.task, seed)
-        last = (logdir / 'sittings.jsonl').read_text().splitlines()[-1]
-        replace_last_sitting(logdir, {
-            **json.loads(last), 'end': time.time(),
-            'end_step': stored_steps(logdir),
-            'end_updates': updates_made(logdir), 'exit': process.returncode})
-        if process.returncode != 0 and not stopping:
-          tail = (logdir / 'train.log').read_text()[-2000:]
-          raise SystemExit(
-              f'learn_dmc.py: seed {seed} exited {process.returncode}; '
-              f'the end of {logdir / "train.log"}:\n{tail}')
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-  return not stopping
+def run_seeds(args, seed_list, steps):
+  """Trains the seeds to `steps` agent steps (bench/seeds.py); False when
+  Ctrl-C stopped them."""
+  logdirs = {seed: seeds.seed_logdir(args.logdir, args.task, seed)
+             for seed in seed_list}
+  return seeds.run(
+      logdirs, lambda seed: train_command(args, seed, steps), steps,
+      ACTION_REPEAT, args.jobs, name='learn_dmc.py',
+      env={'MUJOCO_GL': os.environ.get('MUJOCO_GL', 'egl')})
 
 
 def random_floor(args):
@@ -275,14 +122,14 @@ def report(args, steps, floor):
   frames = steps * ACTION_REPEAT
   runs, scores = [], []
   for seed in args.seeds:
-    logdir = seed_logdir(args.logdir, args.task, seed)
-    curve = eval_curve(logdir)
+    logdir = seeds.seed_logdir(args.logdir, args.task, seed)
+    curve = seeds.eval_curve(logdir)
     xs = [float(x) for x, _ in curve]
     ys = [float(y) for _, y in curve]
-    spent = sittings(logdir)
+    spent = seeds.sittings(logdir)
     wall = sum(s['end'] - s['start'] for s in spent)
-    updates = updates_made(logdir)
-    agent_steps = stored_steps(logdir)
+    updates = seeds.updates_made(logdir)
+    agent_steps = seeds.stored_steps(logdir)
     window = [y for x, y in curve if args.window[0] < x <= args.window[1]]
     runs.append({
         'seed': seed, 'frames': xs, 'eval_return': [round(y, 1) for y in ys],

@@ -7,35 +7,35 @@ Each seed trains with the command users run, in a child process:
 
 The `vector` block is unchanged; only `steps` is given (and, with --quick,
 a tiny model). A seed whose logdir holds a stopped run resumes it (train.py
-resumes a logdir). Prints ONE JSON line: per seed the eval curve (x in frames:
-agent steps times the block's action_repeat), the mean eval return over the
-last 10% of the run's frames and the wall time; the random policy's mean
-return (--floor_episodes episodes); how many seeds reach --target. Writes the
-curves to scores/<task>.json (published format, method `dreamerv2_tf2`) and a
-PNG drawn by common/plot.py.
+resumes a logdir); its sittings are recorded in the logdir's sittings.jsonl
+(bench/seeds.py). Ctrl-C (or SIGTERM) stops the seeds, which save their
+checkpoints, and the report is printed, incomplete. Prints ONE JSON line: per
+seed the eval curve (x in frames: agent steps times the block's
+action_repeat), the mean eval return over the last 10% of the run's frames
+and the wall time; the random policy's mean return (--floor_episodes
+episodes); how many seeds reach --target. Writes the curves to
+scores/<task>.json (published format, method `dreamerv2_tf2`) and a PNG drawn
+by common/plot.py.
 
   python3 bench/learn_gym.py --seeds 0 1 2 --jobs 2 --logdir ~/runs/gym
   python3 bench/learn_gym.py --quick  # < 2 min: a tiny model, JSON complete
 """
 
 import argparse
-from concurrent import futures
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import learn_dmc  # noqa: E402 (no TensorFlow)
+from bench import seeds  # noqa: E402 (no TensorFlow)
 from common import config as configlib  # noqa: E402
 from common import utils  # noqa: E402
 
-METHOD = learn_dmc.METHOD
+METHOD = seeds.METHOD
 CONFIGS = ['defaults', 'vector']
 QUICK = [
     '--rssm.deter', '16', '--rssm.hidden', '16', '--rssm.stoch', '4',
@@ -48,32 +48,17 @@ QUICK = [
 
 
 def seed_logdir(args, seed):
-  return learn_dmc.seed_logdir(args.logdir, args.task, seed)
+  return seeds.seed_logdir(args.logdir, args.task, seed)
 
 
-def train(args, seed):
-  """Trains one seed to args.steps in a child; its exit status."""
-  logdir = seed_logdir(args, seed)
-  logdir.mkdir(parents=True, exist_ok=True)
+def train_command(args, seed):
   command = [
       sys.executable, str(ROOT / 'dreamerv2' / 'train.py'),
       '--configs', *CONFIGS, '--task', args.task, '--seed', str(seed),
-      '--logdir', str(logdir), '--steps', str(args.steps)]
+      '--logdir', str(seed_logdir(args, seed)), '--steps', str(args.steps)]
   if args.precision:
     command += ['--precision', str(args.precision)]
-  command += QUICK if args.quick else []
-  env = dict(os.environ)
-  if args.jobs > 1:
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    env.update(TF_NUM_INTRAOP_THREADS=threads, OMP_NUM_THREADS=threads)
-  start = time.time()
-  with open(logdir / 'train.log', 'a') as output:
-    code = subprocess.run(command, cwd=ROOT, env=env, stdout=output,
-                          stderr=subprocess.STDOUT).returncode
-  with open(logdir / 'sittings.jsonl', 'a') as f:
-    f.write(json.dumps({'start': start, 'end': time.time(), 'exit': code,
-                        'commit': learn_dmc.code_version()}) + '\n')
-  return code
+  return command + (QUICK if args.quick else [])
 
 
 def random_floor(task, action_repeat, episodes):
@@ -101,20 +86,18 @@ def report(args, config, floor):
   runs, scores = [], []
   for seed in args.seeds:
     logdir = seed_logdir(args, seed)
-    curve = learn_dmc.eval_curve(logdir)
+    curve = seeds.eval_curve(logdir)
     xs = [float(x) for x, _ in curve]
     ys = [float(y) for _, y in curve]
     window = [y for x, y in curve if low < x <= frames]
-    path = logdir / 'sittings.jsonl'  # Absent for a seed never started.
-    spent = ([json.loads(line) for line in path.read_text().splitlines()]
-             if path.exists() else [])
+    spent = seeds.sittings(logdir)
     wall = sum(s['end'] - s['start'] for s in spent)
     runs.append({
         'seed': seed, 'frames': xs, 'eval_return': [round(y, 1) for y in ys],
-        'agent_steps': learn_dmc.stored_steps(logdir),
-        'updates': learn_dmc.updates_made(logdir), 'wall_s': round(wall, 1),
-        'exits': [s['exit'] for s in spent],
-        'commits': sorted({str(s['commit']) for s in spent}),
+        'agent_steps': seeds.stored_steps(logdir),
+        'updates': seeds.updates_made(logdir), 'wall_s': round(wall, 1),
+        'sittings': len(spent), 'exits': [s.get('exit') for s in spent],
+        'commits': sorted({str(s.get('commit')) for s in spent}),
         'last_10_percent_mean': (round(sum(window) / len(window), 1)
                                  if window else None),
         'last_10_percent_evals': len(window)})
@@ -190,26 +173,17 @@ def main():
     args.out = (pathlib.Path(args.logdir) / f'gym-{name}-quick.json'
                 if args.quick else ROOT / 'scores' / f'gym-{name}.json')
   floor = random_floor(args.task, config.action_repeat, args.floor_episodes)
-  pool = futures.ThreadPoolExecutor(args.jobs)
-  runs = [pool.submit(train, args, seed) for seed in args.seeds]
-  try:
-    codes = [run.result() for run in runs]
-  except KeyboardInterrupt:
-    # A terminal's Ctrl-C reaches the children too: each saves and exits 0.
-    # Seeds not started yet do not start; the report shows where all stopped.
-    pool.shutdown(wait=True, cancel_futures=True)
-    codes = [run.result() for run in runs if not run.cancelled()]
-  pool.shutdown()
+  complete = seeds.run(
+      {seed: seed_logdir(args, seed) for seed in args.seeds},
+      lambda seed: train_command(args, seed), args.steps,
+      config.action_repeat, args.jobs, name='learn_gym.py')
   result = report(args, config, floor)
-  # A seed stopped early (Ctrl-C saves and exits 0) is not complete.
-  result['complete'] = not any(codes) and all(
+  result['complete'] = complete and all(
       run['frames'] and run['frames'][-1] >= result['frames']
       for run in result['runs'])
   print(json.dumps(result))
   if temp:
     temp.cleanup()
-  if any(codes):
-    sys.exit(1)
 
 
 if __name__ == '__main__':

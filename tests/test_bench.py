@@ -108,8 +108,9 @@ def test_learn_gym_quick_reports_a_learning_curve_in_frames(tmp_path):
 @pytest.mark.slow  # A benchmark's internals, not a claim of the project.
 def test_learn_gym_ctrl_c_stops_the_seeds_and_reports_where_they_are(
     tmp_path):
-  # Ctrl-C from a terminal reaches the benchmark and its children: the seed
-  # saves and exits 0, and the benchmark prints its JSON line, incomplete.
+  # SIGINT to the benchmark alone (its seeds run in sessions of their own, so
+  # a terminal's Ctrl-C reaches only it too) stops the seed, which saves and
+  # exits 0, and the benchmark prints its JSON line, incomplete.
   logdir = tmp_path / 'runs'
   process = subprocess.Popen(
       [sys.executable, 'bench/learn_gym.py', '--quick', '--logdir',
@@ -123,7 +124,7 @@ def test_learn_gym_ctrl_c_stops_the_seeds_and_reports_where_they_are(
       assert process.poll() is None and time.time() < deadline, (
           process.communicate()[1][-3000:])
       time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGINT)
+    os.kill(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)
   finally:
     if process.poll() is None:
@@ -134,6 +135,7 @@ def test_learn_gym_ctrl_c_stops_the_seeds_and_reports_where_they_are(
   (run,) = result['runs']
   assert run['exits'] == [0] and run['frames'], run
   assert 0 < run['agent_steps'] < result['steps'], run
+  assert run['sittings'] == 1, run
 
 
 def test_latent_square_quick_reports_the_curve(tmp_path):
@@ -489,3 +491,35 @@ print('complete', learn_dmc.run_seeds(args, [0, 1], 50000))
                 (seeds / '0' / 'sittings.jsonl').read_text().splitlines()]
   assert sitting['exit'] != 0 and sitting['end'] > sitting['start']
   assert not (seeds / '1' / 'sittings.jsonl').exists()
+
+
+@pytest.mark.slow  # A benchmark's internals, not a claim of the project.
+@pytest.mark.timeout(120)
+def test_seeds_a_failed_seed_ends_the_run_and_stops_the_others(tmp_path):
+  # Two seeds side by side: seed 0's child fails at once, seed 1's would
+  # train for a minute. The benchmark ends with seed 0's log and does not
+  # leave seed 1 training in its own session: it gets SIGINT (a train.py
+  # saves on it) and its sitting's end is written.
+  code = f"""
+import pathlib, sys
+sys.path.insert(0, '.')
+from bench import seeds
+logdirs = {{0: pathlib.Path({str(tmp_path)!r}) / '0',
+            1: pathlib.Path({str(tmp_path)!r}) / '1'}}
+fail = 'import sys; print("the end of seed 0"); sys.exit(3)'
+train = 'import time; time.sleep(60)'
+seeds.run(logdirs, lambda seed: [sys.executable, '-c', train if seed else fail],
+          steps=100, action_repeat=1, jobs=2, name='bench')
+"""
+  start = time.time()
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=90)
+  assert time.time() - start < 50, 'waited for seed 1 to end by itself'
+  assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+  assert 'bench: seed 0 exited 3' in result.stderr, result.stderr[-3000:]
+  assert 'the end of seed 0' in result.stderr
+  for seed, status in ((0, 3), (1, -signal.SIGINT)):
+    (sitting,) = [json.loads(line) for line in (
+        tmp_path / str(seed) / 'sittings.jsonl').read_text().splitlines()]
+    assert sitting['exit'] == status and sitting['end'] >= sitting['start']
+
