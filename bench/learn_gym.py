@@ -11,8 +11,9 @@ resumes a logdir); its sittings are recorded in the logdir's sittings.jsonl
 (bench/seeds.py). Ctrl-C (or SIGTERM) stops the seeds, which save their
 checkpoints, and the report is printed, incomplete. Prints ONE JSON line: per
 seed the eval curve (x in frames: agent steps times the block's
-action_repeat), the mean eval return over the last 10% of the run's frames
-and the wall time; the random policy's mean return (--floor_episodes
+action_repeat), the mean eval return over the last 10% of the run's frames,
+how each evaluation episode ended (eval_endings) and the wall time; the
+random policy's mean return (--floor_episodes
 episodes); how many seeds reach --target. Writes the curves to
 scores/<task>.json (published format, method `dreamerv2_tf2`) and a PNG drawn
 by common/plot.py.
@@ -80,6 +81,25 @@ def random_floor(task, action_repeat, episodes):
           'std': round(float(np.std(returns)), 1), 'episodes': episodes}
 
 
+def eval_endings(logdir, task):
+  """How each evaluation episode ended, one letter each in the order they
+  were stored: L time limit, T terminated; on CartPole T is C (the cart left
+  the track, |x| > 2.4) or P (the pole fell, |angle| > 12 degrees)."""
+  import numpy as np
+  letters = []
+  for filename in sorted((logdir / 'eval_episodes').glob('*.npz')):
+    with np.load(filename) as episode:
+      if not episode['is_terminal'][-1]:
+        letters.append('L')
+      elif task == 'gym_CartPole-v1':
+        x, angle = episode['vector'][-1, 0], episode['vector'][-1, 2]
+        fell = abs(angle) > np.radians(12)
+        letters.append('C' if abs(x) > 2.4 else 'P' if fell else 'T')
+      else:
+        letters.append('T')
+  return ''.join(letters)
+
+
 def report(args, config, floor):
   frames = args.steps * config.action_repeat
   low = 0.9 * frames  # The last 10% of the run: frames in (low, frames].
@@ -97,6 +117,7 @@ def report(args, config, floor):
         'agent_steps': seeds.stored_steps(logdir),
         'updates': seeds.updates_made(logdir), 'wall_s': round(wall, 1),
         'sittings': len(spent), 'exits': [s.get('exit') for s in spent],
+        'eval_endings': eval_endings(logdir, args.task),
         'commits': sorted({str(s.get('commit')) for s in spent}),
         'last_10_percent_mean': (round(sum(window) / len(window), 1)
                                  if window else None),

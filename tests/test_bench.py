@@ -101,8 +101,28 @@ def test_learn_gym_quick_reports_a_learning_curve_in_frames(tmp_path):
   assert run['last_10_percent_evals'] >= 1, run
   assert is_finite(run['last_10_percent_mean']), run
   assert run['updates'] > 0 and run['exits'] == [0], run
+  # One letter per evaluation episode, as many as metrics.jsonl logged.
+  metrics = (tmp_path / 'runs' / 'gym_CartPole-v1' / 'dreamerv2_tf2' / '0'
+             / 'metrics.jsonl').read_text()
+  assert len(run['eval_endings']) == metrics.count('"eval_return"'), run
+  assert set(run['eval_endings']) <= set('LCP'), run
   scores = json.loads(pathlib.Path(result['scores']).read_text())
   assert scores[0]['xs'] == run['frames'], scores
+
+
+def test_learn_gym_names_how_each_cartpole_evaluation_ended(tmp_path):
+  sys.path.insert(0, str(ROOT))
+  from bench import learn_gym
+  # CartPole's observation: cart position, velocity, pole angle, velocity.
+  ends = {'1-cart': ([2.5, 0, 0.1, 0], True), '2-pole': ([1.0, 0, -0.22, 0],
+          True), '3-limit': ([2.5, 0, 0.3, 0], False)}
+  (tmp_path / 'eval_episodes').mkdir()
+  for name, (last, terminal) in ends.items():
+    np.savez(tmp_path / 'eval_episodes' / f'{name}-1.npz',
+             vector=np.array([[0, 0, 0, 0], last], np.float32),
+             is_terminal=np.array([False, terminal]))
+  assert learn_gym.eval_endings(tmp_path, 'gym_CartPole-v1') == 'CPL'
+  assert learn_gym.eval_endings(tmp_path, 'gym_Acrobot-v1') == 'TTL'
 
 
 @pytest.mark.slow  # A benchmark's internals, not a claim of the project.
